@@ -1,0 +1,72 @@
+"""Branch storage: snapshots of the part of the model in which branches differ, behind one small interface."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .merging import weighted_sum
+
+
+class BranchStore(ABC):
+    """Holds one snapshot per branch of the model's branch-specific tensors and moves them in and out of the model.
+
+    The live model holds the weights of the branch in training; `save`/`load` copy them to and from that branch's
+    slot in place, so parameters keep their identity (optimizers, DDP and compiled graphs keep working).
+    """
+
+    def __init__(self, model: nn.Module, num_branches: int, offload: bool = False):
+        self.live = self.branch_tensors(model)
+        self.device = torch.device("cpu") if offload else None
+        initial = self._copy(self.live)
+        self.slots = [initial] + [self._copy(initial) for _ in range(num_branches - 1)]
+
+    @staticmethod
+    @abstractmethod
+    def branch_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+        """The live tensors of `model` that can differ between branches, by name."""
+
+    @abstractmethod
+    def merge(self, weights: Sequence[float]) -> dict[str, torch.Tensor]:
+        """The merged state of the branches for these weights (one per branch, summing to 1)."""
+
+    def save(self, branch: int) -> None:
+        for name, tensor in self.slots[branch].items():
+            tensor.copy_(self.live[name])
+
+    def load(self, branch: int) -> None:
+        self.load_state(self.slots[branch])
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in self.live.items():
+                tensor.copy_(state[name])
+
+    def set_all(self, state: Mapping[str, torch.Tensor]) -> None:
+        """After a merge, every branch (and the live model) continues from `state`."""
+        self.load_state(state)
+        for slot in self.slots:
+            for name, tensor in slot.items():
+                tensor.copy_(state[name])
+
+    def _copy(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().to(self.device or tensor.device, copy=True) for name, tensor in state.items()}
+
+
+class FullWeightBranches(BranchStore):
+    """Each branch is a full copy of the trainable parameters and of all buffers (BatchNorm statistics too)."""
+
+    @staticmethod
+    def branch_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+        tensors, seen = {}, set()
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            is_frozen_parameter = isinstance(tensor, nn.Parameter) and not tensor.requires_grad
+            if is_frozen_parameter or id(tensor) in seen:  # frozen weights never differ; tied ones count once
+                continue
+            seen.add(id(tensor))
+            tensors[name] = tensor.data
+        return tensors
+
+    def merge(self, weights: Sequence[float]) -> dict[str, torch.Tensor]:
+        return weighted_sum(self.slots, weights)

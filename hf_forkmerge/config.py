@@ -1,0 +1,126 @@
+"""ForkMergeConfig: TrainingArguments plus the fields of the ForkMerge method."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+from .search import DEFAULT_GRID
+
+METHODS = ("forkmerge", "stl", "ew")
+
+
+@dataclass
+class ForkMergeConfig(TrainingArguments):
+    """Training arguments for [`ForkMergeTrainer`].
+
+    Every `TrainingArguments` field keeps its meaning, with three ForkMerge readings:
+    - `max_steps` (or `num_train_epochs`, counted over the target task's training set) is the length of the run
+      per branch: each branch takes that many optimizer steps, as STL or EW would. The Trainer's `global_step`
+      counts the optimizer steps of all branches together.
+    - `eval_strategy="epoch"` / `save_strategy="epoch"` evaluate / save right after every merge.
+    - with `"steps"`, `eval_steps` and `save_steps` count the Trainer's steps and must be multiples of one fork
+      round (number of branches x `fork_interval`), so that every evaluation and checkpoint sees a merged model.
+    """
+
+    target_task: str | None = field(default=None, metadata={"help": "Name of the target task (a key of train_dataset)."})
+    method: Literal["forkmerge", "stl", "ew"] = field(
+        default="forkmerge",
+        metadata={"help": "forkmerge; or a baseline on the same data and budget: stl (target only), ew (all tasks, equal weights)."},
+    )
+    fork_interval: int = field(default=100, metadata={"help": "Optimizer steps each branch trains between two merges."})
+    branches: list[dict[str, float]] | None = field(
+        default=None,
+        metadata={"help": "Task weights per branch, e.g. [{'sst': 1}, {'sst': 1, 'aux': 0.5}]. Default: target only, and target + all auxiliaries."},
+    )
+    topk: list[int] | None = field(
+        default=None,
+        metadata={"help": "Nested branches target + top-k auxiliaries (e.g. [0, 1, 3]), auxiliaries ranked by a short run of target + each one."},
+    )
+    pruning_steps: int = field(default=100, metadata={"help": "Optimizer steps of each ranking run used by `topk`."})
+    task_weighting: Literal["loss", "sampling"] = field(
+        default="loss",
+        metadata={"help": "loss: each step sums weighted losses of one batch per task; sampling: each step trains one task drawn with probability proportional to its weight."},
+    )
+    merge_grid: list[float] = field(
+        default_factory=lambda: list(DEFAULT_GRID), metadata={"help": "Alphas tried for each branch by the greedy merge search."}
+    )
+    merge_criterion: Literal["loss", "metric"] = field(
+        default="loss",
+        metadata={"help": "loss: target validation loss; metric: `metric_for_best_model` with `greater_is_better`."},
+    )
+    offload_inactive_branches: bool = field(
+        default=False, metadata={"help": "Keep the weights and optimizer state of branches not in training on the CPU."}
+    )
+
+    def __post_init__(self):
+        if not self.target_task:
+            raise ValueError("target_task: name the target task (a key of train_dataset)")
+        if self.metric_for_best_model is None and (self.load_best_model_at_end or self.save_strategy == "best"):
+            self.metric_for_best_model = "loss"
+        if self.metric_for_best_model:
+            # Evaluation datasets are keyed by task, so every eval metric is named eval_<task>_<metric>.
+            bare = self.metric_for_best_model.removeprefix("eval_")
+            if not bare.startswith(f"{self.target_task}_"):
+                bare = f"{self.target_task}_{bare}"
+            self.metric_for_best_model = bare
+        super().__post_init__()
+        self._validate_method()
+
+    def _validate_method(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.task_weighting not in ("loss", "sampling"):
+            raise ValueError(f"task_weighting: must be 'loss' or 'sampling', got {self.task_weighting!r}")
+        if self.merge_criterion not in ("loss", "metric"):
+            raise ValueError(f"merge_criterion: must be 'loss' or 'metric', got {self.merge_criterion!r}")
+        if self.merge_criterion == "metric" and not self.metric_for_best_model:
+            raise ValueError("merge_criterion: 'metric' needs metric_for_best_model (and greater_is_better)")
+        if not isinstance(self.fork_interval, int) or self.fork_interval < 1:
+            raise ValueError(f"fork_interval: must be a whole number of optimizer steps >= 1, got {self.fork_interval!r}")
+        if self.pruning_steps < 1:
+            raise ValueError(f"pruning_steps: must be >= 1, got {self.pruning_steps}")
+        if not self.merge_grid or any(not 0 <= alpha <= 1 for alpha in self.merge_grid):
+            raise ValueError(f"merge_grid: must be a non-empty list of numbers in [0, 1], got {self.merge_grid!r}")
+        if self.method != "forkmerge" and (self.branches is not None or self.topk is not None):
+            raise ValueError(f"branches/topk: only for method 'forkmerge'; method {self.method!r} fixes its own task weights")
+        if self.branches is not None and self.topk is not None:
+            raise ValueError("branches: give either branches or topk, not both")
+        if self.branches is not None:
+            self._validate_branches()
+        if self.topk is not None:
+            if len(self.topk) < 2 or len(set(self.topk)) != len(self.topk) or any(k < 0 for k in self.topk):
+                raise ValueError(f"topk: needs at least two distinct counts >= 0, e.g. [0, 1, 3]; got {self.topk!r}")
+            self.topk = sorted(self.topk)
+        if self.method == "forkmerge":
+            round_steps = self.num_branches * self.fork_interval
+            for strategy, steps_field in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps")):
+                steps = getattr(self, steps_field)
+                if getattr(self, strategy) == "steps" and steps % round_steps != 0:
+                    raise ValueError(
+                        f"{steps_field}: must be a multiple of one fork round ({self.num_branches} branches x "
+                        f"fork_interval {self.fork_interval} = {round_steps} steps) so that it falls on a merge, got "
+                        f"{steps}; or use {strategy}='epoch' to act after every merge"
+                    )
+
+    def _validate_branches(self) -> None:
+        if not isinstance(self.branches, list) or not self.branches:
+            raise ValueError(f"branches: must be a non-empty list of {{task: weight}} mappings, got {self.branches!r}")
+        for index, weights in enumerate(self.branches):
+            if not isinstance(weights, dict) or not weights:
+                raise ValueError(f"branches[{index}]: must be a non-empty {{task: weight}} mapping, got {weights!r}")
+            for task, weight in weights.items():
+                if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+                    raise ValueError(f"branches[{index}][{task!r}]: weight must be a number >= 0, got {weight!r}")
+            if sum(weights.values()) <= 0:
+                raise ValueError(f"branches[{index}]: at least one task needs a positive weight")
+
+    @property
+    def num_branches(self) -> int:
+        if self.method != "forkmerge":
+            return 1
+        if self.branches is not None:
+            return len(self.branches)
+        if self.topk is not None:
+            return len(self.topk)
+        return 2

@@ -1,0 +1,380 @@
+"""ForkMergeTrainer: fork the model into branches, train each, search merge weights on the target, merge."""
+
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+
+from .branches import FullWeightBranches
+from .config import ForkMergeConfig
+from .search import SearchResult, greedy_search
+from .tasks import (
+    TASK_COLUMN,
+    BranchSchedule,
+    TaskCollator,
+    as_task_dataset,
+    fork_rounds,
+    resolve_branches,
+    segment_at,
+)
+
+HISTORY_FILE = "forkmerge_history.json"
+
+
+class ForkMergeTrainer(Trainer):
+    """A `Trainer` for auxiliary-task learning with ForkMerge (Jiang et al., NeurIPS 2023).
+
+    `train_dataset` maps task names to datasets; `eval_dataset` maps task names to validation sets and must hold the
+    target task. The model is called as `model(task=name, labels=..., **inputs)` and returns a loss, like
+    [`MultiTaskModel`] does. Each fork round, every branch trains `fork_interval` steps from the merged weights with
+    its own task weights, optimizer state and scheduler; then the greedy search picks the branch weights that score
+    best on the target validation set, and every branch continues from that merge.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: ForkMergeConfig,
+        train_dataset: dict[str, Dataset],
+        eval_dataset: dict[str, Dataset],
+        data_collator=None,
+        **kwargs,
+    ):
+        if not isinstance(args, ForkMergeConfig):
+            raise TypeError(f"args: expected a ForkMergeConfig, got {type(args).__name__}")
+        if not isinstance(train_dataset, dict) or not train_dataset:
+            raise TypeError("train_dataset: expected a non-empty {task name: datasets.Dataset} mapping")
+        if not isinstance(eval_dataset, dict):
+            raise TypeError("eval_dataset: expected a {task name: datasets.Dataset} mapping holding the target task")
+        target = args.target_task
+        if target not in train_dataset:
+            raise ValueError(f"target_task: {target!r} is not a task of train_dataset ({', '.join(train_dataset)})")
+        if target not in eval_dataset:
+            raise ValueError(f"eval_dataset: holds no validation set for the target task {target!r}")
+        self.tasks = [target, *[task for task in train_dataset if task != target]]
+        input_names = _input_names(model)
+        train_dataset = {t: as_task_dataset(t, train_dataset[t], input_names, "train_dataset") for t in self.tasks}
+        eval_dataset = {t: as_task_dataset(t, ds, input_names, "eval_dataset") for t, ds in eval_dataset.items()}
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            **kwargs,
+        )
+        self.task_collator = TaskCollator(self.data_collator)
+
+        self.steps_per_branch = self._steps_per_branch()
+        if args.method == "forkmerge" and args.fork_interval > self.steps_per_branch:
+            raise ValueError(
+                f"fork_interval: {args.fork_interval} steps is longer than the run ({self.steps_per_branch} steps per "
+                "branch): no merge would ever happen"
+            )
+        if args.topk is not None and max(args.topk) > len(self.tasks) - 1:
+            raise ValueError(f"topk: asks for {max(args.topk)} auxiliaries but there are {len(self.tasks) - 1}")
+        self.branches = None if args.topk is not None else resolve_branches(args, self.tasks)
+        self.merge_history: list[dict] = []
+        self._metrics = defaultdict(list)
+        self.add_callback(_ForkMergeLoop(self))
+
+    # ---- the algorithm -------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if resume_from_checkpoint:
+            raise ValueError(
+                "resume_from_checkpoint: a ForkMerge checkpoint holds the merged model but not every branch's "
+                "optimizer state, so the run cannot be resumed exactly"
+            )
+        if self.branches is None:
+            ranking = self._rank_auxiliaries()
+            self.branches = resolve_branches(self.args, self.tasks, ranking)
+        return super().train(trial=trial, **kwargs)
+
+    def fork(self) -> None:
+        """Every branch starts from the current weights, with fresh optimizer state and the schedule's start."""
+        self.store = FullWeightBranches(self.model, len(self.branches), offload=self.args.offload_inactive_branches)
+        self._optimizer_states = [None] * len(self.branches)
+        self._scheduler_states = [self.lr_scheduler.state_dict() for _ in self.branches]
+        self.active = 0
+
+    def end_segment(self, segment, is_last: bool) -> bool:
+        """Called when a branch finishes its stretch of a round; merges at the end of the round. True if it merged."""
+        self._stash(segment.branch)
+        merged = segment.branch == len(self.branches) - 1
+        if merged:
+            self.merge(segment.round)
+        if not is_last:
+            self._activate(0 if merged else segment.branch + 1)
+        return merged
+
+    def merge(self, round_index: int) -> None:
+        """Search the branch weights on the target validation set, then every branch continues from the merge."""
+        if len(self.branches) == 1:
+            self.store.load(0)
+            return
+        result = self.search()
+        self.store.set_all(self.store.merge(result.weights))
+        self._record_merge(round_index, result)
+
+    def search(self) -> SearchResult:
+        num_candidates = len(self.branches) + (len(self.branches) - 1) * sum(1 for a in self.args.merge_grid if a)
+        with tqdm(total=num_candidates, desc="ForkMerge search", leave=False, disable=self.args.disable_tqdm) as bar:
+
+            def score(weights: list[float]) -> float:
+                self.store.load_state(self.store.merge(weights))
+                value = self._score_live_model()
+                bar.update()
+                return value
+
+            branch_scores = []
+            for branch in range(len(self.branches)):
+                self.store.load(branch)
+                branch_scores.append(self._score_live_model())
+                bar.update()
+            return greedy_search(branch_scores, score, self.args.merge_grid, self._greater_is_better)
+
+    # ---- branch switching ----------------------------------------------------------------------------------------
+
+    def _stash(self, branch: int) -> None:
+        self.store.save(branch)
+        optimizer = _unwrap_optimizer(self.optimizer)
+        self._optimizer_states[branch] = optimizer.state
+        if self.args.offload_inactive_branches:
+            _move_optimizer_state(optimizer.state, torch.device("cpu"))
+        self._scheduler_states[branch] = self.lr_scheduler.state_dict()
+
+    def _activate(self, branch: int) -> None:
+        self.store.load(branch)
+        optimizer = _unwrap_optimizer(self.optimizer)
+        state = self._optimizer_states[branch]
+        optimizer.state = state if state is not None else defaultdict(dict)
+        if self.args.offload_inactive_branches:
+            _move_optimizer_state(optimizer.state, self.args.device)
+        self.lr_scheduler.load_state_dict(self._scheduler_states[branch])
+        for group, lr in zip(optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            group["lr"] = lr
+        self.active = branch
+
+    # ---- scoring and history -------------------------------------------------------------------------------------
+
+    @property
+    def _greater_is_better(self) -> bool:
+        return self.args.merge_criterion == "metric" and bool(self.args.greater_is_better)
+
+    def _score_live_model(self) -> float:
+        target = self.args.target_task
+        key = f"eval_{target}_loss" if self.args.merge_criterion == "loss" else f"eval_{self.args.metric_for_best_model}"
+        callbacks, self.callback_handler.callbacks = self.callback_handler.callbacks, []
+        try:  # the search's evaluations are internal: no progress bars, logs or early stopping from them
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(target),
+                description="ForkMerge search",
+                prediction_loss_only=self.args.merge_criterion == "loss",
+                metric_key_prefix=f"eval_{target}",
+            )
+        finally:
+            self.callback_handler.callbacks = callbacks
+        if key not in output.metrics:
+            raise KeyError(f"metric_for_best_model: the target evaluation gave no {key!r} (got {sorted(output.metrics)})")
+        return float(output.metrics[key])
+
+    def _record_merge(self, round_index: int, result: SearchResult) -> None:
+        names = [branch.name for branch in self.branches]
+        record = {
+            "round": round_index,
+            "step": self.state.global_step,
+            "branches": names,
+            "weights": result.weights,
+            "score": result.score,
+            "criterion": "loss" if self.args.merge_criterion == "loss" else self.args.metric_for_best_model,
+            "candidates": [{"weights": c.weights, "score": c.score} for c in result.candidates],
+        }
+        self.merge_history.append(record)
+        self.state.log_history.append({"forkmerge_merge": record, "step": self.state.global_step})
+        self.log({"merge/score": result.score, **{f"merge/weight/{n}": w for n, w in zip(names, result.weights)}})
+        if self.args.should_save:
+            self._write_history()
+
+    def _write_history(self) -> None:
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        history = {"branches": [dataclasses.asdict(b) for b in self.branches], "merges": self.merge_history}
+        if getattr(self, "auxiliary_ranking", None) is not None:
+            history["auxiliary_ranking"] = self.auxiliary_ranking
+        path = os.path.join(self.args.output_dir, HISTORY_FILE)
+        with tempfile.NamedTemporaryFile("w", dir=self.args.output_dir, delete=False, suffix=".tmp") as handle:
+            json.dump(history, handle, indent=2)
+        os.replace(handle.name, path)  # atomic: a crash never leaves half a history
+
+    def _rank_auxiliaries(self) -> list[str]:
+        """The reference code's pruning run: train target + each auxiliary alone briefly, rank by target score."""
+        target, scores = self.args.target_task, {}
+        for auxiliary in self.tasks[1:]:
+            args = dataclasses.replace(
+                self.args,
+                branches=[{target: 1.0, auxiliary: 1.0}],
+                topk=None,
+                max_steps=self.args.pruning_steps,
+                fork_interval=self.args.pruning_steps,
+                eval_strategy="no",
+                save_strategy="no",
+                load_best_model_at_end=False,
+                report_to=[],
+                push_to_hub=False,
+                output_dir=os.path.join(self.args.output_dir, "ranking", auxiliary),
+            )
+            trial = ForkMergeTrainer(
+                model=copy.deepcopy(self.model),
+                args=args,
+                train_dataset={t: self.train_dataset[t] for t in (target, auxiliary)},
+                eval_dataset={target: self.eval_dataset[target]},
+                data_collator=self.task_collator.collators,
+                compute_metrics=self.compute_metrics,
+            )
+            trial.train()
+            scores[auxiliary] = trial._score_live_model()
+        ranking = sorted(scores, key=scores.get, reverse=self._greater_is_better)
+        self.auxiliary_ranking = [{"task": task, "score": scores[task]} for task in ranking]
+        self.state.log_history.append({"forkmerge_ranking": self.auxiliary_ranking})
+        return ranking
+
+    # ---- Trainer hooks -------------------------------------------------------------------------------------------
+
+    def _steps_per_branch(self) -> int:
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        examples_per_step = self.args.per_device_train_batch_size * self.args.world_size
+        steps_per_epoch = math.ceil(len(self.train_dataset[self.args.target_task]) / examples_per_step)
+        steps_per_epoch = math.ceil(steps_per_epoch / self.args.gradient_accumulation_steps)
+        return max(1, math.ceil(self.args.num_train_epochs * steps_per_epoch))
+
+    def get_train_dataloader(self) -> DataLoader:
+        interval = self.args.fork_interval if self.args.method == "forkmerge" else self.steps_per_branch
+        self.segments = fork_rounds(self.steps_per_branch, interval, len(self.branches))
+        schedule = BranchSchedule(
+            datasets=self.train_dataset,
+            collator=self.task_collator,
+            branches=self.branches,
+            segments=self.segments,
+            batch_size=self.args.per_device_train_batch_size,
+            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            weighting=self.args.task_weighting,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            process_index=self.args.process_index,
+            num_processes=self.args.world_size,
+        )
+        # Not passed through accelerator.prepare: the schedule already gives each rank its share of every batch.
+        return DataLoader(
+            schedule,
+            batch_size=None,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        dataset = self.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset
+        if not isinstance(dataset, Dataset) or TASK_COLUMN not in dataset.column_names:
+            raise ValueError("eval_dataset: evaluate a {task name: Dataset} mapping, e.g. {'sst2': test_set}")
+        loader = DataLoader(
+            dataset,
+            batch_size=self.args.eval_batch_size,
+            collate_fn=self.task_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate every task of `eval_dataset` ({task: Dataset}; default: the trainer's); metrics are named
+        `{metric_key_prefix}_{task}_{metric}`."""
+        if isinstance(eval_dataset, dict):
+            for task in eval_dataset:
+                if task not in self.tasks:
+                    raise ValueError(f"eval_dataset: unknown task {task!r}; tasks are {', '.join(self.tasks)}")
+            names = _input_names(self.model)
+            eval_dataset = {t: as_task_dataset(t, ds, names, "eval_dataset") for t, ds in eval_dataset.items()}
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def set_initial_training_values(self, args, dataloader):
+        # One pass over the schedule is the whole run: every branch's steps, round after round.
+        steps = len(dataloader) // args.gradient_accumulation_steps
+        total_batch_size = self.get_total_train_batch_size(args)
+        return 1, steps, steps * total_batch_size, steps * total_batch_size, total_batch_size, len(dataloader), steps
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # Each branch runs the schedule of one run of steps_per_branch steps.
+        return super().create_scheduler(num_training_steps=self.steps_per_branch, optimizer=optimizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if TASK_COLUMN in inputs:  # one task's batch: evaluation and prediction
+            outputs = model(**inputs)
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            return (loss, outputs) if return_outputs else loss
+        branch = self.branches[self.active]
+        total = 0.0
+        for task, batch in inputs.items():
+            outputs = model(**batch)
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            self._metrics[f"{branch.name}/{task}_loss"].append(loss.detach())
+            weight = branch.weights[task] if self.args.task_weighting == "loss" else 1.0
+            total = total + weight * loss
+        return total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:  # a training log: add the per-task losses since the last one
+            logs.update({key: torch.stack(values).mean().item() for key, values in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+class _ForkMergeLoop(TrainerCallback):
+    """Drives the fork/train/merge rounds from the Trainer's public step hooks."""
+
+    def __init__(self, trainer: ForkMergeTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.fork()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        segment = segment_at(trainer.segments, state.global_step - 1)
+        if state.global_step != segment.end_step:
+            return
+        is_last = segment.end_step == trainer.segments[-1].end_step
+        if trainer.end_segment(segment, is_last) and not is_last and len(trainer.branches) > 1:
+            # With ForkMerge an "epoch" of the eval/save strategies is one fork round; the last one ends the epoch.
+            control.should_evaluate |= args.eval_strategy == "epoch"
+            control.should_save |= args.save_strategy == "epoch"
+
+
+def _input_names(model: torch.nn.Module) -> set[str] | None:
+    if hasattr(model, "input_names"):
+        return model.input_names()
+    parameters = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
+
+
+def _unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def _move_optimizer_state(state: dict, device: torch.device) -> None:
+    for values in state.values():
+        for key, value in values.items():
+            if torch.is_tensor(value) and key != "step":
+                values[key] = value.to(device)
