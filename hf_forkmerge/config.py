@@ -49,6 +49,9 @@ class ForkMergeConfig(TrainingArguments):
         default="loss",
         metadata={"help": "loss: target validation loss; metric: `metric_for_best_model` with `greater_is_better`."},
     )
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "As in TrainingArguments; with ForkMerge the default 'epoch' saves after every merge."}
+    )
     offload_inactive_branches: bool = field(
         default=False, metadata={"help": "Keep the weights and optimizer state of branches not in training on the CPU."}
     )
