@@ -87,6 +87,7 @@ class ForkMergeTrainer(Trainer):
             raise ValueError(f"topk: asks for {max(args.topk)} auxiliaries but there are {len(self.tasks) - 1}")
         self.branches = None if args.topk is not None else resolve_branches(args, self.tasks)
         self.merge_history: list[dict] = []
+        self.active = 0  # index of the branch in training
         self._metrics = defaultdict(list)
         self.add_callback(_ForkMergeLoop(self))
 
@@ -122,9 +123,6 @@ class ForkMergeTrainer(Trainer):
 
     def merge(self, round_index: int) -> None:
         """Search the branch weights on the target validation set, then every branch continues from the merge."""
-        if len(self.branches) == 1:
-            self.store.load(0)
-            return
         result = self.search()
         self.store.set_all(self.store.merge(result.weights))
         self._record_merge(round_index, result)
@@ -307,6 +305,19 @@ class ForkMergeTrainer(Trainer):
             eval_dataset = {t: as_task_dataset(t, ds, names, "eval_dataset") for t, ds in eval_dataset.items()}
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Predict one task: `test_dataset` is `{task name: Dataset}` with a single task."""
+        if not isinstance(test_dataset, dict) or len(test_dataset) != 1:
+            raise ValueError("test_dataset: predict one task at a time: {task name: Dataset}")
+        ((task, dataset),) = test_dataset.items()
+        if task not in self.tasks:
+            raise ValueError(f"test_dataset: unknown task {task!r}; tasks are {', '.join(self.tasks)}")
+        dataset = as_task_dataset(task, dataset, _input_names(self.model), "test_dataset")
+        return super().predict(dataset, ignore_keys=ignore_keys, metric_key_prefix=f"{metric_key_prefix}_{task}")
+
+    def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
+        return self.get_eval_dataloader(test_dataset)
+
     def set_initial_training_values(self, args, dataloader):
         # One pass over the schedule is the whole run: every branch's steps, round after round.
         steps = len(dataloader) // args.gradient_accumulation_steps
@@ -346,15 +357,22 @@ class _ForkMergeLoop(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.fork()
+        if self.forking:
+            self.trainer.fork()
+
+    @property
+    def forking(self) -> bool:
+        return len(self.trainer.branches) > 1  # the STL and EW baselines train one branch and never merge
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
+        if not self.forking:
+            return
         segment = segment_at(trainer.segments, state.global_step - 1)
         if state.global_step != segment.end_step:
             return
         is_last = segment.end_step == trainer.segments[-1].end_step
-        if trainer.end_segment(segment, is_last) and not is_last and len(trainer.branches) > 1:
+        if trainer.end_segment(segment, is_last) and not is_last:
             # With ForkMerge an "epoch" of the eval/save strategies is one fork round; the last one ends the epoch.
             control.should_evaluate |= args.eval_strategy == "epoch"
             control.should_save |= args.save_strategy == "epoch"

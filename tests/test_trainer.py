@@ -256,3 +256,12 @@ def test_evaluating_an_unknown_task_or_resuming_fails_clearly(tmp_path, linear_d
         trainer.evaluate(linear_data["eval"]["main"])
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def test_predict_one_task(tmp_path, linear_data):
+    trainer = run(tmp_path, linear_data, ["main", "helpful"])
+    output = trainer.predict({"main": linear_data["eval"]["main"]})
+    assert output.predictions.shape == (512, 2) and output.label_ids.shape == (512,)
+    assert output.metrics["test_main_loss"] == pytest.approx(trainer.evaluate()["eval_main_loss"])
+    with pytest.raises(ValueError, match="one task at a time"):
+        trainer.predict(linear_data["eval"]["main"])
