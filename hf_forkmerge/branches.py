@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .merging import weighted_sum
+from .merging import merge_lora_state, weighted_sum
 
 
 class BranchStore(ABC):
@@ -23,13 +23,21 @@ class BranchStore(ABC):
         self.slots = [initial] + [self._copy(initial) for _ in range(num_branches - 1)]
 
     @staticmethod
-    @abstractmethod
     def branch_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-        """The live tensors of `model` that can differ between branches, by name."""
+        """The live tensors in which branches differ: trainable parameters and buffers, by name."""
+        tensors, seen = {}, set()
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            is_frozen_parameter = isinstance(tensor, nn.Parameter) and not tensor.requires_grad
+            if is_frozen_parameter or id(tensor) in seen:  # frozen weights never differ; tied ones count once
+                continue
+            seen.add(id(tensor))
+            tensors[name] = tensor.data
+        return tensors
 
     @abstractmethod
-    def merge(self, weights: Sequence[float]) -> dict[str, torch.Tensor]:
-        """The merged state of the branches for these weights (one per branch, summing to 1)."""
+    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The merged state of the branches for these weights (one per branch, summing to 1), and a report of
+        what the merge lost, if anything."""
 
     def save(self, branch: int) -> None:
         for name, tensor in self.slots[branch].items():
@@ -57,16 +65,16 @@ class BranchStore(ABC):
 class FullWeightBranches(BranchStore):
     """Each branch is a full copy of the trainable parameters and of all buffers (BatchNorm statistics too)."""
 
-    @staticmethod
-    def branch_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-        tensors, seen = {}, set()
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            is_frozen_parameter = isinstance(tensor, nn.Parameter) and not tensor.requires_grad
-            if is_frozen_parameter or id(tensor) in seen:  # frozen weights never differ; tied ones count once
-                continue
-            seen.add(id(tensor))
-            tensors[name] = tensor.data
-        return tensors
+    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return weighted_sum(self.slots, weights), {}
 
-    def merge(self, weights: Sequence[float]) -> dict[str, torch.Tensor]:
-        return weighted_sum(self.slots, weights)
+
+class LoraBranches(BranchStore):
+    """Each branch is a copy of the LoRA adapter's factors (plus heads and other trainable tensors) on the one
+    frozen base model. A merge gives every LoRA layer the update nearest to sum_i w_i B_i A_i at the adapter's
+    rank (an SVD of the exact sum); the relative truncation error is reported."""
+
+    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        state, errors = merge_lora_state(self.slots, weights)
+        report = {"lora_error_max": max(errors, default=0.0), "lora_error_mean": sum(errors) / max(len(errors), 1)}
+        return state, report

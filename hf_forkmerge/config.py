@@ -52,6 +52,10 @@ class ForkMergeConfig(TrainingArguments):
     save_strategy: str = field(
         default="epoch", metadata={"help": "As in TrainingArguments; with ForkMerge the default 'epoch' saves after every merge."}
     )
+    branch_type: Literal["full", "lora"] = field(
+        default="full",
+        metadata={"help": "full: a branch is a copy of the trainable weights; lora: a branch is a LoRA adapter on one frozen base (pass peft_config to the trainer)."},
+    )
     offload_inactive_branches: bool = field(
         default=False, metadata={"help": "Keep the weights and optimizer state of branches not in training on the CPU."}
     )
@@ -73,6 +77,8 @@ class ForkMergeConfig(TrainingArguments):
     def _validate_method(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.branch_type not in ("full", "lora"):
+            raise ValueError(f"branch_type: must be 'full' or 'lora', got {self.branch_type!r}")
         if self.task_weighting not in ("loss", "sampling"):
             raise ValueError(f"task_weighting: must be 'loss' or 'sampling', got {self.task_weighting!r}")
         if self.merge_criterion not in ("loss", "metric"):

@@ -34,3 +34,60 @@ def _weighted_tensor_sum(tensors: Sequence[torch.Tensor], weights: Sequence[floa
     if not first.is_floating_point():
         total = total.round()
     return total.to(first.dtype)
+
+
+LORA_FACTORS = (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B"))
+
+
+def merge_lora_factors(
+    a_factors: Sequence[torch.Tensor], b_factors: Sequence[torch.Tensor], weights: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Factors (A, B) of the rank-r update closest to sum_i w_i B_i A_i, and its relative error.
+
+    The exact sum has rank up to n*r: it is [w_1 B_1 ... w_n B_n] @ [A_1; ...; A_n]. Its SVD comes from the
+    QR factors of the two stacked matrices (never forming the d_out x d_in product); the top r singular
+    triplets give B = U sqrt(S) and A = sqrt(S) V^T. The error is ||dropped singular values|| / ||all of them||
+    (Frobenius), 0 when the sum already has rank <= r. A one-hot weighting returns that branch's own factors.
+    """
+    nonzero = [i for i, w in enumerate(weights) if w != 0]
+    if len(nonzero) == 1 and weights[nonzero[0]] == 1:
+        return a_factors[nonzero[0]].clone(), b_factors[nonzero[0]].clone(), 0.0
+    rank, dtype = a_factors[0].shape[0], a_factors[0].dtype
+    stacked_b = torch.cat([w * b.double() for w, b in zip(weights, b_factors)], dim=1)
+    stacked_a = torch.cat([a.double() for a in a_factors], dim=0)
+    q_b, r_b = torch.linalg.qr(stacked_b)
+    q_a, r_a = torch.linalg.qr(stacked_a.T)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+    kept = min(rank, s.numel())
+    root = s[:kept].sqrt()
+    merged_b = torch.zeros(stacked_b.shape[0], rank, dtype=torch.float64, device=stacked_b.device)
+    merged_a = torch.zeros(rank, stacked_a.shape[1], dtype=torch.float64, device=stacked_a.device)
+    merged_b[:, :kept] = q_b @ u[:, :kept] * root
+    merged_a[:kept] = root[:, None] * (vh[:kept] @ q_a.T)
+    total = s.square().sum()
+    error = (s[kept:].square().sum() / total).sqrt().item() if total > 0 else 0.0
+    return merged_a.to(dtype), merged_b.to(dtype), error
+
+
+def merge_lora_state(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Merge branches that are LoRA adapters (plus heads and other full tensors) on one shared base.
+
+    Each LoRA pair (lora_A, lora_B) is merged so that its update approximates sum_i w_i B_i A_i at the
+    adapter's rank (see `merge_lora_factors`); every other tensor is a plain weighted sum. Returns the merged
+    state and the relative truncation error of each LoRA pair.
+    """
+    pairs = {}
+    for key in states[0]:
+        for a_name, b_name in LORA_FACTORS:
+            if f".{a_name}." in key:
+                pairs[key] = key.replace(f".{a_name}.", f".{b_name}.")
+    factor_keys = set(pairs) | set(pairs.values())
+    merged = weighted_sum([{k: v for k, v in s.items() if k not in factor_keys} for s in states], weights)
+    errors = []
+    for a_key, b_key in pairs.items():
+        a, b, error = merge_lora_factors([s[a_key] for s in states], [s[b_key] for s in states], weights)
+        merged[a_key], merged[b_key] = a, b
+        errors.append(error)
+    return merged, errors

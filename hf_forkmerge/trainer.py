@@ -11,12 +11,14 @@ from collections import defaultdict
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
-from .branches import FullWeightBranches
+from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
+from .modeling import MultiTaskModel
 from .search import SearchResult, greedy_search
 from .tasks import (
     TASK_COLUMN,
@@ -50,6 +52,7 @@ class ForkMergeTrainer(Trainer):
         train_dataset: dict[str, Dataset],
         eval_dataset: dict[str, Dataset],
         data_collator=None,
+        peft_config=None,
         **kwargs,
     ):
         if not isinstance(args, ForkMergeConfig):
@@ -64,6 +67,7 @@ class ForkMergeTrainer(Trainer):
         if target not in eval_dataset:
             raise ValueError(f"eval_dataset: holds no validation set for the target task {target!r}")
         self.tasks = [target, *[task for task in train_dataset if task != target]]
+        model = _prepare_branch_model(model, args, peft_config)
         input_names = _input_names(model)
         train_dataset = {t: as_task_dataset(t, train_dataset[t], input_names, "train_dataset") for t in self.tasks}
         eval_dataset = {t: as_task_dataset(t, ds, input_names, "eval_dataset") for t, ds in eval_dataset.items()}
@@ -106,7 +110,8 @@ class ForkMergeTrainer(Trainer):
 
     def fork(self) -> None:
         """Every branch starts from the current weights, with fresh optimizer state and the schedule's start."""
-        self.store = FullWeightBranches(self.model, len(self.branches), offload=self.args.offload_inactive_branches)
+        store_class = LoraBranches if self.args.branch_type == "lora" else FullWeightBranches
+        self.store = store_class(self.model, len(self.branches), offload=self.args.offload_inactive_branches)
         self._optimizer_states = [None] * len(self.branches)
         self._scheduler_states = [self.lr_scheduler.state_dict() for _ in self.branches]
         self.active = 0
@@ -124,15 +129,16 @@ class ForkMergeTrainer(Trainer):
     def merge(self, round_index: int) -> None:
         """Search the branch weights on the target validation set, then every branch continues from the merge."""
         result = self.search()
-        self.store.set_all(self.store.merge(result.weights))
-        self._record_merge(round_index, result)
+        merged, report = self.store.merge(result.weights)
+        self.store.set_all(merged)
+        self._record_merge(round_index, result, report)
 
     def search(self) -> SearchResult:
         num_candidates = len(self.branches) + (len(self.branches) - 1) * sum(1 for a in self.args.merge_grid if a)
         with tqdm(total=num_candidates, desc="ForkMerge search", leave=False, disable=self.args.disable_tqdm) as bar:
 
             def score(weights: list[float]) -> float:
-                self.store.load_state(self.store.merge(weights))
+                self.store.load_state(self.store.merge(weights)[0])
                 value = self._score_live_model()
                 bar.update()
                 return value
@@ -189,7 +195,7 @@ class ForkMergeTrainer(Trainer):
             raise KeyError(f"metric_for_best_model: the target evaluation gave no {key!r} (got {sorted(output.metrics)})")
         return float(output.metrics[key])
 
-    def _record_merge(self, round_index: int, result: SearchResult) -> None:
+    def _record_merge(self, round_index: int, result: SearchResult, report: dict[str, float]) -> None:
         names = [branch.name for branch in self.branches]
         record = {
             "round": round_index,
@@ -199,10 +205,12 @@ class ForkMergeTrainer(Trainer):
             "score": result.score,
             "criterion": "loss" if self.args.merge_criterion == "loss" else self.args.metric_for_best_model,
             "candidates": [{"weights": c.weights, "score": c.score} for c in result.candidates],
+            **report,
         }
         self.merge_history.append(record)
         self.state.log_history.append({"forkmerge_merge": record, "step": self.state.global_step})
-        self.log({"merge/score": result.score, **{f"merge/weight/{n}": w for n, w in zip(names, result.weights)}})
+        weights = {f"merge/weight/{name}": weight for name, weight in zip(names, result.weights)}
+        self.log({"merge/score": result.score, **weights, **{f"merge/{k}": v for k, v in report.items()}})
         if self.args.should_save:
             self._write_history()
 
@@ -247,6 +255,16 @@ class ForkMergeTrainer(Trainer):
         self.auxiliary_ranking = [{"task": task, "score": scores[task]} for task in ranking]
         self.state.log_history.append({"forkmerge_ranking": self.auxiliary_ranking})
         return ranking
+
+    def save_merged_model(self, output_dir: str | None = None) -> None:
+        """Save a plain model with the LoRA adapter merged into the base weights (`merge_and_unload`)."""
+        if not isinstance(self.model, PeftModel):
+            raise ValueError("save_merged_model: the model has no adapter to merge; use save_model")
+        output_dir = output_dir or os.path.join(self.args.output_dir, "merged")
+        if self.args.should_save:
+            copy.deepcopy(self.model).merge_and_unload().save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
 
     # ---- Trainer hooks -------------------------------------------------------------------------------------------
 
@@ -378,7 +396,37 @@ class _ForkMergeLoop(TrainerCallback):
             control.should_save |= args.save_strategy == "epoch"
 
 
+def _prepare_branch_model(model: torch.nn.Module, args: ForkMergeConfig, peft_config):
+    """The model whose trainable tensors make a branch: with `branch_type="lora"`, a LoRA PeftModel."""
+    is_peft = isinstance(model, PeftModel)
+    if args.branch_type == "full":
+        if is_peft or peft_config is not None:
+            raise ValueError(
+                "branch_type: 'full' would average LoRA factors A and B separately, which is not the weighted sum "
+                "of the branches' updates; use branch_type='lora' with a peft model or peft_config"
+            )
+        return model
+    if not is_peft:
+        if not isinstance(peft_config, LoraConfig):
+            raise ValueError("branch_type: 'lora' needs peft_config=LoraConfig(...) or a PeftModel with a LoRA adapter")
+        if getattr(peft_config, "use_dora", False):
+            raise ValueError("peft_config: DoRA adapters are not supported: their magnitude vectors do not merge linearly")
+        if isinstance(model, MultiTaskModel):
+            # The task heads are new weights: they train, and the adapter must save them.
+            heads = [f"heads.{task}" for task in model.heads if f"heads.{task}" not in (peft_config.modules_to_save or [])]
+            peft_config = copy.copy(peft_config)
+            peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *heads]
+        model = get_peft_model(model, peft_config)
+    elif peft_config is not None:
+        raise ValueError("peft_config: the model is already a PeftModel; pass one or the other")
+    if not any(isinstance(config, LoraConfig) for config in model.peft_config.values()):
+        raise ValueError("branch_type: 'lora' needs a LoRA adapter on the PeftModel")
+    return model
+
+
 def _input_names(model: torch.nn.Module) -> set[str] | None:
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
     if hasattr(model, "input_names"):
         return model.input_names()
     parameters = inspect.signature(model.forward).parameters

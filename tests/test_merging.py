@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_forkmerge.merging import weighted_sum
+from hf_forkmerge.merging import merge_lora_factors, merge_lora_state, weighted_sum
 
 
 def _state(seed, dtype=torch.float32):
@@ -57,3 +57,50 @@ def test_mismatched_inputs_fail_clearly():
     other.pop("running_mean")
     with pytest.raises(ValueError, match="running_mean"):
         weighted_sum([_state(0), other], [0.5, 0.5])
+
+
+def _lora_pair(seed, rank=4, d_in=20, d_out=30):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rank, d_in, generator=generator), torch.randn(d_out, rank, generator=generator)
+
+
+@pytest.mark.parametrize("weights", [[0.3, 0.7], [0.2, 0.5, 0.3]])
+def test_lora_merge_is_the_best_rank_r_approximation_of_the_summed_updates(weights):
+    pairs = [_lora_pair(i) for i in range(len(weights))]
+    a, b, error = merge_lora_factors([p[0] for p in pairs], [p[1] for p in pairs], weights)
+    assert a.shape == (4, 20) and b.shape == (30, 4)
+    dense = sum(w * (pb @ pa) for w, (pa, pb) in zip(weights, pairs))
+    actual = ((b @ a - dense).norm() / dense.norm()).item()
+    assert error == pytest.approx(actual, rel=1e-5)
+    # Eckart-Young: no rank-4 matrix is closer than the truncated SVD of the dense sum.
+    u, s, vh = torch.linalg.svd(dense.double())
+    assert actual == pytest.approx((s[4:].square().sum() / s.square().sum()).sqrt().item(), rel=1e-5)
+
+
+def test_lora_merge_is_exact_when_the_sum_fits_the_rank():
+    a0, b0 = _lora_pair(0)
+    a, b, error = merge_lora_factors([a0, 2 * a0], [b0, b0], [0.4, 0.6])
+    torch.testing.assert_close(b @ a, 1.6 * (b0 @ a0), rtol=0, atol=1e-4)
+    assert error < 1e-6
+
+
+def test_lora_merge_one_hot_keeps_the_branch_factors():
+    pairs = [_lora_pair(0), _lora_pair(1)]
+    a, b, error = merge_lora_factors([p[0] for p in pairs], [p[1] for p in pairs], [0.0, 1.0])
+    assert torch.equal(a, pairs[1][0]) and torch.equal(b, pairs[1][1]) and error == 0.0
+
+
+def test_lora_state_merges_pairs_exactly_and_other_tensors_linearly():
+    def state(seed):
+        a, b = _lora_pair(seed)
+        head = torch.full((2,), float(seed))
+        return {"q.lora_A.default.weight": a, "q.lora_B.default.weight": b, "heads.modules_to_save.default.bias": head}
+
+    states = [state(1), state(2)]
+    merged, errors = merge_lora_state(states, [0.5, 0.5])
+    assert len(errors) == 1 and 0 < errors[0] < 1
+    torch.testing.assert_close(merged["heads.modules_to_save.default.bias"], torch.full((2,), 1.5))
+    a, b, _ = merge_lora_factors(
+        [s["q.lora_A.default.weight"] for s in states], [s["q.lora_B.default.weight"] for s in states], [0.5, 0.5]
+    )
+    assert torch.equal(merged["q.lora_A.default.weight"], a) and torch.equal(merged["q.lora_B.default.weight"], b)
