@@ -16,7 +16,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoTokenizer, logging  # noqa: E402
+from transformers import AutoTokenizer, logging, set_seed  # noqa: E402
 
 from . import corpora  # noqa: E402
 from .config import ForkMergeConfig  # noqa: E402
@@ -62,6 +62,7 @@ def accuracy(prediction) -> dict[str, float]:
 
 
 def run_method(method: str, options, tokenizer, train, validation, test) -> dict:
+    set_seed(options.seed)  # every method starts from the same heads
     model = build_model(options.layers, list(train))
     args = ForkMergeConfig(
         output_dir=os.path.join(options.output_dir, method),
