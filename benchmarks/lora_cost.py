@@ -37,7 +37,10 @@ def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(demo.minilm_path())
     train, validation, _ = demo.load_tasks(tokenizer, max_length=64, num_train=2000)
     model = demo.build_model(num_layers=6, tasks=["sentiment"])
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
+    # The same adapter in every setting: LoRA on query/value, the task head trained and saved with it.
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0, modules_to_save=["heads.sentiment"]
+    )
 
     class StepTimer(TrainerCallback):
         def __init__(self):

