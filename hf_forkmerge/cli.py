@@ -26,9 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="the recipe YAML")
     train.add_argument("--push_to_hub", action="store_true", default=None, help="upload the result to the Hub")
     train.add_argument("--hub_model_id", help="the Hub repo (default: the recipe's, or the output folder's name)")
-    compare = commands.add_parser("compare", help="train STL, EW and ForkMerge on one budget and tabulate them")
+    methods = ["stl", "ew", "gcs", "pcgrad", "uw", "forkmerge"]
+    compare = commands.add_parser("compare", help="train ForkMerge and the baselines on one budget and tabulate them")
     compare.add_argument("--config", required=True, help="the recipe YAML")
-    compare.add_argument("--methods", nargs="+", default=["stl", "ew", "forkmerge"], choices=["stl", "ew", "forkmerge"])
+    compare.add_argument("--methods", nargs="+", default=methods, choices=methods)
     card = commands.add_parser("card", help="render the model card of a finished run again")
     card.add_argument("output_dir")
     card.add_argument("--hub_model_id", help="the repo name to show in the card")

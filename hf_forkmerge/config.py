@@ -7,7 +7,8 @@ from transformers import TrainingArguments
 
 from .search import DEFAULT_GRID
 
-METHODS = ("forkmerge", "stl", "ew")
+METHODS = ("forkmerge", "stl", "ew", "gcs", "pcgrad", "uw")
+GRADIENT_METHODS = ("gcs", "pcgrad", "uw")
 
 
 @dataclass
@@ -24,9 +25,9 @@ class ForkMergeConfig(TrainingArguments):
     """
 
     target_task: str | None = field(default=None, metadata={"help": "Name of the target task (a key of train_dataset)."})
-    method: Literal["forkmerge", "stl", "ew"] = field(
+    method: Literal["forkmerge", "stl", "ew", "gcs", "pcgrad", "uw"] = field(
         default="forkmerge",
-        metadata={"help": "forkmerge; or a baseline on the same data and budget: stl (target only), ew (all tasks, equal weights)."},
+        metadata={"help": "forkmerge; or a baseline on the same data and budget: stl (target only), ew (all tasks, equal weights), gcs, pcgrad, uw (gradient coordination over all tasks)."},
     )
     fork_interval: int = field(default=100, metadata={"help": "Optimizer steps each branch trains between two merges."})
     branches: list[dict[str, float]] | None = field(
@@ -81,6 +82,8 @@ class ForkMergeConfig(TrainingArguments):
             raise ValueError(f"branch_type: must be 'full' or 'lora', got {self.branch_type!r}")
         if self.task_weighting not in ("loss", "sampling"):
             raise ValueError(f"task_weighting: must be 'loss' or 'sampling', got {self.task_weighting!r}")
+        if self.method in GRADIENT_METHODS and self.task_weighting != "loss":
+            raise ValueError(f"task_weighting: method {self.method!r} needs every task in every step: use 'loss'")
         if self.merge_criterion not in ("loss", "metric"):
             raise ValueError(f"merge_criterion: must be 'loss' or 'metric', got {self.merge_criterion!r}")
         if self.merge_criterion == "metric" and not self.metric_for_best_model:

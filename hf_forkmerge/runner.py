@@ -12,8 +12,8 @@ from .cards import COMPARISON_FILE, RECIPE_FILE, RESULTS_FILE, push_to_hub, writ
 from .recipes import Recipe, build_experiment
 from .trainer import ForkMergeTrainer
 
-COMPARED_METHODS = ("stl", "ew", "forkmerge")
-METHOD_LABELS = {"stl": "STL", "ew": "EW", "forkmerge": "ForkMerge"}
+COMPARED_METHODS = ("stl", "ew", "gcs", "pcgrad", "uw", "forkmerge")
+METHOD_LABELS = {"stl": "STL", "ew": "EW", "gcs": "GCS", "pcgrad": "PCGrad", "uw": "UW", "forkmerge": "ForkMerge"}
 
 
 def accuracy(prediction) -> dict[str, float]:
@@ -110,7 +110,7 @@ def _plot_comparison(comparison: dict, path: Path) -> None:
     labels = [row["method"] for row in comparison["methods"]]
     values = [row["metrics"][metric] for row in comparison["methods"]]
     figure, axis = plt.subplots(figsize=(5, 3))
-    axis.bar(labels, values, color=["#999999", "#6699cc", "#cc6633", "#66aa66", "#aa66aa"][: len(labels)])
+    axis.bar(labels, values, color=["#cc6633" if label == "ForkMerge" else "#8899aa" for label in labels])
     axis.set_ylabel(f"target {comparison['split']} {metric}")
     low, high = min(values), max(values)
     axis.set_ylim(low - (high - low + 1e-3), high + (high - low + 1e-3) * 0.5)

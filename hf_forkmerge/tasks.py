@@ -30,8 +30,8 @@ def resolve_branches(args, tasks: list[str], auxiliary_ranking: list[str] | None
     auxiliaries = [task for task in tasks if task != target]
     if args.method == "stl":
         return [Branch("stl", {target: 1.0})]
-    if args.method == "ew":
-        return [Branch("ew", {task: 1.0 for task in tasks})]
+    if args.method != "forkmerge":  # EW and the gradient-coordination methods: every task, weight 1
+        return [Branch(args.method, {task: 1.0 for task in tasks})]
     if args.branches is not None:
         branches = []
         for index, weights in enumerate(args.branches):

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 
+from .baselines import GRADIENT_METHODS, make_rule
 from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
 from .modeling import MultiTaskModel
@@ -92,6 +93,7 @@ class ForkMergeTrainer(Trainer):
         self.branches = None if args.topk is not None else resolve_branches(args, self.tasks)
         self.merge_history: list[dict] = []
         self.active = 0  # index of the branch in training
+        self.gradient_rule = make_rule(args.method, self.tasks).to(args.device) if args.method in GRADIENT_METHODS else None
         self._metrics = defaultdict(list)
         self.add_callback(_ForkMergeLoop(self))
 
@@ -361,14 +363,42 @@ class ForkMergeTrainer(Trainer):
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
             return (loss, outputs) if return_outputs else loss
         branch = self.branches[self.active]
-        total = 0.0
+        losses = self._task_losses(model, inputs)
+        if self.args.task_weighting == "sampling":  # the weights chose the task; its loss counts once
+            return sum(losses.values())
+        return sum(branch.weights[task] * loss for task, loss in losses.items())
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.gradient_rule is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Gradient-coordination baselines combine per-task gradients themselves, in one process (no DDP, no fp16
+        # loss scaling).
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            losses = self._task_losses(model, inputs)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        self.gradient_rule.backward(losses, parameters, self.args.target_task, scale)
+        return sum(loss.detach() for loss in losses.values()) * scale
+
+    def _task_losses(self, model, inputs: dict[str, dict]) -> dict[str, torch.Tensor]:
+        """One forward per task of a training step; the losses are logged per branch and task."""
+        branch = self.branches[self.active]
+        losses = {}
         for task, batch in inputs.items():
             outputs = model(**batch)
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-            self._metrics[f"{branch.name}/{task}_loss"].append(loss.detach())
-            weight = branch.weights[task] if self.args.task_weighting == "loss" else 1.0
-            total = total + weight * loss
-        return total
+            losses[task] = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            self._metrics[f"{branch.name}/{task}_loss"].append(losses[task].detach())
+        return losses
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        extra = list(self.gradient_rule.parameters()) if self.gradient_rule is not None else []
+        groups = _unwrap_optimizer(optimizer).param_groups
+        if extra and not any(extra[0] is p for group in groups for p in group["params"]):
+            _unwrap_optimizer(optimizer).add_param_group({"params": extra, "weight_decay": 0.0})  # UW's log-variances
+        return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:  # a training log: add the per-task losses since the last one

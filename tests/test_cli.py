@@ -148,9 +148,10 @@ def test_offline_push_fails_clearly_and_keeps_the_local_result(recipe_path, tmp_
 def test_compare_trains_every_method_on_one_budget(recipe_path, tmp_path, capsys):
     assert main(["compare", "--config", str(recipe_path)]) == 0
     table = capsys.readouterr().out
-    assert all(f"| {method} |" in table for method in ("STL", "EW", "ForkMerge"))
+    methods = ["STL", "EW", "GCS", "PCGrad", "UW", "ForkMerge"]
+    assert all(f"| {method} |" in table for method in methods)
     out = tmp_path / "out"
     comparison = json.loads((out / "comparison.json").read_text())
-    assert [row["method"] for row in comparison["methods"]] == ["STL", "EW", "ForkMerge"]
+    assert [row["method"] for row in comparison["methods"]] == methods
     assert (out / "comparison.png").is_file() and (out / "comparison.md").read_text().startswith("Target `main`")
     assert "| STL |" in (out / "forkmerge" / "README.md").read_text()  # the card shows the comparison

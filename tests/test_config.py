@@ -20,7 +20,7 @@ def test_defaults_are_the_papers_two_branches(tmp_path):
     [
         ({"target_task": None}, "target_task"),
         ({"target_task": ""}, "target_task"),
-        ({"method": "pcgrad"}, "method"),
+        ({"method": "mgda"}, "method"),
         ({"fork_interval": 0}, "fork_interval"),
         ({"task_weighting": "both"}, "task_weighting"),
         ({"merge_grid": []}, "merge_grid"),
