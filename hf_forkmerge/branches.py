@@ -35,9 +35,9 @@ class BranchStore(ABC):
         return tensors
 
     @abstractmethod
-    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """The merged state of the branches for these weights (one per branch, summing to 1), and a report of
-        what the merge lost, if anything."""
+    def load_merge(self, weights: Sequence[float]) -> dict[str, float]:
+        """Write the merge of the branches for these weights (one per branch, summing to 1) into the live model;
+        return a report of what the merge lost, if anything."""
 
     def save(self, branch: int) -> None:
         for name, tensor in self.slots[branch].items():
@@ -51,12 +51,10 @@ class BranchStore(ABC):
             for name, tensor in self.live.items():
                 tensor.copy_(state[name])
 
-    def set_all(self, state: Mapping[str, torch.Tensor]) -> None:
-        """After a merge, every branch (and the live model) continues from `state`."""
-        self.load_state(state)
-        for slot in self.slots:
-            for name, tensor in slot.items():
-                tensor.copy_(state[name])
+    def fork_all(self) -> None:
+        """After a merge, every branch continues from the live model's weights."""
+        for branch in range(len(self.slots)):
+            self.save(branch)
 
     def _copy(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().to(self.device or tensor.device, copy=True) for name, tensor in state.items()}
@@ -65,8 +63,10 @@ class BranchStore(ABC):
 class FullWeightBranches(BranchStore):
     """Each branch is a full copy of the trainable parameters and of all buffers (BatchNorm statistics too)."""
 
-    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        return weighted_sum(self.slots, weights), {}
+    def load_merge(self, weights: Sequence[float]) -> dict[str, float]:
+        with torch.no_grad():
+            weighted_sum(self.slots, weights, out=self.live)
+        return {}
 
 
 class LoraBranches(BranchStore):
@@ -74,7 +74,7 @@ class LoraBranches(BranchStore):
     frozen base model. A merge gives every LoRA layer the update nearest to sum_i w_i B_i A_i at the adapter's
     rank (an SVD of the exact sum); the relative truncation error is reported."""
 
-    def merge(self, weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def load_merge(self, weights: Sequence[float]) -> dict[str, float]:
         state, errors = merge_lora_state(self.slots, weights)
-        report = {"lora_error_max": max(errors, default=0.0), "lora_error_mean": sum(errors) / max(len(errors), 1)}
-        return state, report
+        self.load_state(state)
+        return {"lora_error_max": max(errors, default=0.0), "lora_error_mean": sum(errors) / max(len(errors), 1)}

@@ -351,58 +351,77 @@ class Experiment:
 def build_experiment(recipe: Recipe, **training_overrides) -> Experiment:
     """Load the data and the model and make the config. Pushing to the Hub is left to the caller (the CLI pushes
     after training, so that a failed upload never costs the training)."""
-    from transformers import AutoConfig, AutoTokenizer, set_seed
+    args, peft_config, push_to_hub, hub_model_id = build_config(recipe, **training_overrides)
+    tokenizer, train, validation, test = build_data(recipe)
+    from transformers import set_seed
 
-    from .config import ForkMergeConfig
-    from .modeling import MultiTaskModel
-
-    data = recipe.data
-    training = {**data["training"], **training_overrides}
-    push_to_hub, hub_model_id = bool(training.pop("push_to_hub", False)), training.pop("hub_model_id", None)
-    if data.get("lora") is not None:
-        training.setdefault("branch_type", "lora")
-    args = ForkMergeConfig(**training)
-
-    model_spec = data["model"]
-    name = model_spec.get("name_or_path")
-    name = _alias_path(name) if name in MODEL_ALIASES else name
-    tokenizer = None
-    if name is not None and any(t["type"] != "image_classification" for t in data["tasks"].values()):
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    splits = {task: _task_splits(recipe, task, spec, tokenizer) for task, spec in data["tasks"].items()}
-
-    tasks = {task: {"type": spec["type"], "num_labels": spec.get("num_labels", 1)} for task, spec in data["tasks"].items()}
-    head_options = {k: model_spec[k] for k in ("pooling", "head_dropout") if k in model_spec}
     set_seed(args.seed)
-    if name is not None:
-        model = MultiTaskModel.from_encoder(name, tasks=tasks, **head_options, **model_spec.get("load_kwargs", {}))
-    else:
-        encoder_config = AutoConfig.for_model(**model_spec["config"])
-        model = MultiTaskModel(MultiTaskModel.config_class(encoder_config=encoder_config, tasks=tasks, **head_options))
-    for prefix in model_spec.get("frozen", []):
-        matched = [p for n, p in model.named_parameters() if n.startswith(prefix)]
-        if not matched:
-            raise RecipeError(f"{recipe.path}: model.frozen: no parameter name starts with {prefix!r}")
-        for parameter in matched:
-            parameter.requires_grad_(False)
-
-    peft_config = None
-    if data.get("lora") is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**data["lora"])
-    pick = lambda split: {t: s[split] for t, s in splits.items() if split in s}  # noqa: E731
     return Experiment(
-        model=model,
+        model=build_model(recipe),
         processing_class=tokenizer,
-        train={t: s["train"] for t, s in splits.items() if "train" in s},
-        validation=pick("validation"),
-        test=pick("test"),
+        train=train,
+        validation=validation,
+        test=test,
         args=args,
         peft_config=peft_config,
         push_to_hub=push_to_hub,
         hub_model_id=hub_model_id,
     )
+
+
+def build_config(recipe: Recipe, **training_overrides):
+    """(ForkMergeConfig, LoraConfig or None, push_to_hub, hub_model_id). The Hub fields are taken out of the config:
+    a Trainer with push_to_hub=True calls the Hub as soon as it is built."""
+    from .config import ForkMergeConfig
+
+    training = {**recipe.data["training"], **training_overrides}
+    push_to_hub, hub_model_id = bool(training.pop("push_to_hub", False)), training.pop("hub_model_id", None)
+    peft_config = None
+    if recipe.data.get("lora") is not None:
+        from peft import LoraConfig
+
+        training.setdefault("branch_type", "lora")
+        peft_config = LoraConfig(**recipe.data["lora"])
+    return ForkMergeConfig(**training), peft_config, push_to_hub, hub_model_id
+
+
+def build_data(recipe: Recipe):
+    """(tokenizer or None, train, validation, test): {task: Dataset} each, ready for the trainer."""
+    from transformers import AutoTokenizer
+
+    name = recipe.data["model"].get("name_or_path")
+    name = _alias_path(name) if name in MODEL_ALIASES else name
+    tokenizer = None
+    if name is not None and any(t["type"] != "image_classification" for t in recipe.data["tasks"].values()):
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    splits = {task: _task_splits(recipe, task, spec, tokenizer) for task, spec in recipe.data["tasks"].items()}
+    pick = lambda split: {t: s[split] for t, s in splits.items() if split in s}  # noqa: E731
+    return tokenizer, pick("train"), pick("validation"), pick("test")
+
+
+def build_model(recipe: Recipe):
+    """A MultiTaskModel with a head per task, from pretrained weights or from a config; `frozen` applied."""
+    from transformers import AutoConfig
+
+    from .modeling import MultiTaskModel
+
+    spec = recipe.data["model"]
+    tasks = {task: {"type": t["type"], "num_labels": t.get("num_labels", 1)} for task, t in recipe.data["tasks"].items()}
+    head_options = {k: spec[k] for k in ("pooling", "head_dropout") if k in spec}
+    name = spec.get("name_or_path")
+    if name is not None:
+        name = _alias_path(name) if name in MODEL_ALIASES else name
+        model = MultiTaskModel.from_encoder(name, tasks=tasks, **head_options, **spec.get("load_kwargs", {}))
+    else:
+        encoder_config = AutoConfig.for_model(**spec["config"])
+        model = MultiTaskModel(MultiTaskModel.config_class(encoder_config=encoder_config, tasks=tasks, **head_options))
+    for prefix in spec.get("frozen", []):
+        matched = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+        if not matched:
+            raise RecipeError(f"{recipe.path}: model.frozen: no parameter name starts with {prefix!r}")
+        for parameter in matched:
+            parameter.requires_grad_(False)
+    return model
 
 
 def _alias_path(alias: str) -> str:

@@ -131,8 +131,8 @@ class ForkMergeTrainer(Trainer):
     def merge(self, round_index: int) -> None:
         """Search the branch weights on the target validation set, then every branch continues from the merge."""
         result = self.search()
-        merged, report = self.store.merge(result.weights)
-        self.store.set_all(merged)
+        report = self.store.load_merge(result.weights)
+        self.store.fork_all()
         self._record_merge(round_index, result, report)
 
     def search(self) -> SearchResult:
@@ -140,7 +140,7 @@ class ForkMergeTrainer(Trainer):
         with tqdm(total=num_candidates, desc="ForkMerge search", leave=False, disable=self.args.disable_tqdm) as bar:
 
             def score(weights: list[float]) -> float:
-                self.store.load_state(self.store.merge(weights)[0])
+                self.store.load_merge(weights)
                 value = self._score_live_model()
                 bar.update()
                 return value

@@ -104,3 +104,14 @@ def test_lora_state_merges_pairs_exactly_and_other_tensors_linearly():
         [s["q.lora_A.default.weight"] for s in states], [s["q.lora_B.default.weight"] for s in states], [0.5, 0.5]
     )
     assert torch.equal(merged["q.lora_A.default.weight"], a) and torch.equal(merged["q.lora_B.default.weight"], b)
+
+
+def test_weights_need_not_sum_to_one_and_sums_can_be_written_in_place():
+    states = [_state(0), _state(1), _state(2)]
+    weights = [1.0, 2.0, -0.5]
+    out = {k: torch.empty_like(v) for k, v in states[0].items()}
+    merged = weighted_sum(states, weights, out=out)
+    expected = sum(w * s["weight"] for w, s in zip(weights, states))
+    torch.testing.assert_close(out["weight"], expected, rtol=0, atol=1e-5)
+    assert merged["weight"] is out["weight"] and merged["num_batches_tracked"] is out["num_batches_tracked"]
+    assert out["num_batches_tracked"].item() == round(100 + 2 * 101 - 0.5 * 102)

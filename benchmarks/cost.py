@@ -1,0 +1,187 @@
+"""What ForkMerge costs, measured as ratios within one run (these machines are shared and noisy).
+
+On the demo's model and data (MiniLM truncated to 2 layers, frozen word embeddings, 32 tokens, 16 examples per task
+per step; Rotten Tomatoes sentiment as target with subjectivity and word polarity as auxiliaries):
+
+1. step: median wall time of an optimizer step of a plain `transformers.Trainer` vs of a ForkMerge branch step
+   doing the same work (target-only branches), target >= 0.95x;
+2. search + merge: their share of ForkMerge's wall time at the default settings (2 branches, fork_interval 100,
+   the default grid, 500 validation examples), target <= 5%;
+3. ForkMerge (2 branches) vs EW wall time at equal steps per branch, target <= 2.1x (the authors' code pays ~2.25x);
+4. merge speed: bytes of weights merged per second (weighted_sum of two full MiniLM-L6 state dicts) vs a plain
+   tensor copy of the same bytes, target >= 50%.
+
+Run: `.venv/bin/python benchmarks/cost.py` (about 10 minutes on 2 cores) or `--quick` (about 3 minutes).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    logging,
+    set_seed,
+)
+
+from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer, demo  # noqa: E402
+from hf_forkmerge.merging import weighted_sum  # noqa: E402
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step, from its first forward to the optimizer's update."""
+
+    def __init__(self):
+        self.durations, self.start = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.durations.append(time.perf_counter() - self.start)
+
+    def median(self) -> float:
+        return statistics.median(self.durations[3:])  # the first steps warm up the allocator
+
+
+class _TaskPadding:
+    def __init__(self, pad):
+        self.pad = pad
+
+    def __call__(self, features):
+        batch = self.pad([{k: v for k, v in f.items() if k != "task"} for f in features])
+        batch["task"] = demo.TARGET
+        return batch
+
+
+def common_args(**fields) -> dict:
+    return dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=128,
+        learning_rate=1e-4,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=10_000,
+        **fields,
+    )
+
+
+def forkmerge_run(tokenizer, train, validation, method: str, steps: int, **fields):
+    set_seed(0)
+    timer = StepTimer()
+    trainer = ForkMergeTrainer(
+        model=demo.build_model(2, list(train)),
+        args=ForkMergeConfig(target_task=demo.TARGET, method=method, max_steps=steps, **common_args(**fields)),
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    merge_seconds = []
+    merge = trainer.merge
+
+    def timed_merge(round_index):
+        start = time.perf_counter()
+        merge(round_index)
+        merge_seconds.append(time.perf_counter() - start)
+
+    trainer.merge = timed_merge
+    start = time.perf_counter()
+    trainer.train()
+    return {"wall_s": time.perf_counter() - start, "step_s": timer.median(), "merge_s": sum(merge_seconds)}
+
+
+def plain_trainer_step(tokenizer, train, steps: int) -> float:
+    set_seed(0)
+    timer = StepTimer()
+    trainer = Trainer(
+        model=demo.build_model(2, [demo.TARGET]),
+        args=TrainingArguments(max_steps=steps, remove_unused_columns=False, **common_args()),
+        train_dataset=train[demo.TARGET].map(lambda row: {"task": demo.TARGET}),
+        data_collator=_TaskPadding(DataCollatorWithPadding(tokenizer)),
+        callbacks=[timer],
+    )
+    trainer.train()
+    return timer.median()
+
+
+def merge_bandwidth(repeats: int) -> dict:
+    from transformers import AutoModel
+
+    state = {k: v.float() for k, v in AutoModel.from_pretrained(demo.minilm_path()).state_dict().items()}
+    states = [state, {k: v + 1e-3 for k, v in state.items()}]
+    live = {k: torch.empty_like(v) for k, v in state.items()}  # a merge writes into the live model's tensors
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    flat_source, flat_target = torch.cat([v.flatten() for v in state.values()]), torch.empty(size // 4)
+
+    def best_of(work) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    merge_s = best_of(lambda: weighted_sum(states, [0.4, 0.6], out=live))
+    copy_s = best_of(lambda: flat_target.copy_(flat_source))
+    # A merge of two branches reads two inputs and writes one output; a copy reads one and writes one. Both are
+    # reported per byte of merged weights, which is what a user waits for: the ceiling for the ratio is about 2/3.
+    return {"bytes": size, "merge_gb_s": size / merge_s / 1e9, "copy_gb_s": size / copy_s / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps: about 3 minutes")
+    options = parser.parse_args()
+    logging.set_verbosity_error()
+    steps, interval, step_steps = (100, 50, 20) if options.quick else (300, 100, 40)
+
+    tokenizer = AutoTokenizer.from_pretrained(demo.minilm_path())
+    train, validation, _ = demo.load_tasks(tokenizer)
+    target_only = {demo.TARGET: train[demo.TARGET]}
+
+    plain = plain_trainer_step(tokenizer, train, step_steps)
+    branch = forkmerge_run(
+        tokenizer, target_only, validation, "forkmerge", step_steps, branches=[{demo.TARGET: 1.0}] * 2, fork_interval=step_steps // 2
+    )["step_s"]
+    ew = forkmerge_run(tokenizer, train, validation, "ew", steps)
+    forkmerge = forkmerge_run(tokenizer, train, validation, "forkmerge", steps, fork_interval=interval)
+    bandwidth = merge_bandwidth(repeats=5)
+
+    results = {
+        "plain_step_s": plain,
+        "branch_step_s": branch,
+        "step_ratio": plain / branch,
+        "ew_wall_s": ew["wall_s"],
+        "forkmerge_wall_s": forkmerge["wall_s"],
+        "forkmerge_vs_ew": forkmerge["wall_s"] / ew["wall_s"],
+        "search_merge_s": forkmerge["merge_s"],
+        "search_merge_share": forkmerge["merge_s"] / forkmerge["wall_s"],
+        **bandwidth,
+        "merge_vs_copy": bandwidth["merge_gb_s"] / bandwidth["copy_gb_s"],
+    }
+    print(json.dumps(results, indent=2))
+    print(f"\n{os.cpu_count()} CPU cores; {steps} steps per branch, fork interval {interval} ({steps // interval} merges)\n")
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    print(f"| plain Trainer step / ForkMerge branch step | {results['step_ratio']:.3f} ({plain:.3f} s / {branch:.3f} s) | >= 0.95 |")
+    print(f"| search + merge share of ForkMerge wall time | {results['search_merge_share']:.1%} ({forkmerge['merge_s']:.1f} s of {forkmerge['wall_s']:.1f} s) | <= 5% |")
+    print(f"| ForkMerge (2 branches) / EW wall time | {results['forkmerge_vs_ew']:.2f}x ({forkmerge['wall_s']:.1f} s / {ew['wall_s']:.1f} s) | <= 2.1x |")
+    print(f"| merge / copy bandwidth | {results['merge_vs_copy']:.1%} ({bandwidth['merge_gb_s']:.2f} / {bandwidth['copy_gb_s']:.2f} GB/s over {bandwidth['bytes'] / 1e6:.0f} MB) | >= 50% |")
+
+
+if __name__ == "__main__":
+    main()
