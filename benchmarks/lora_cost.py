@@ -29,14 +29,18 @@ SETTINGS = ("lora-trainer", "lora-branches", "full-branches")
 
 def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, logging
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, logging
 
-    from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer, demo
+    from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer
+    from hf_forkmerge.demo import demo_recipe
+    from hf_forkmerge.recipes import build_data, build_model
 
     logging.set_verbosity_error()
-    tokenizer = AutoTokenizer.from_pretrained(demo.minilm_path())
-    train, validation, _ = demo.load_tasks(tokenizer, max_length=64, num_train=2000)
-    model = demo.build_model(num_layers=6, tasks=["sentiment"])
+    overrides = ["--max_length", "64", "--model.load_kwargs.num_hidden_layers", "6"]
+    recipe = demo_recipe([*overrides, "--tasks.sentiment.data.num_train", "2000"])
+    recipe.data["tasks"] = {"sentiment": recipe.data["tasks"]["sentiment"]}  # the target alone: equal work everywhere
+    tokenizer, train, validation, _ = build_data(recipe)
+    model = build_model(recipe)
     # The same adapter in every setting: LoRA on query/value, the task head trained and saved with it.
     lora = LoraConfig(
         r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0, modules_to_save=["heads.sentiment"]

@@ -25,19 +25,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import logging, set_seed  # noqa: E402
+from transformers import logging  # noqa: E402
 
-from hf_forkmerge import ForkMergeTrainer, corpora  # noqa: E402
-from hf_forkmerge.recipes import build_config, build_data, build_model, load_recipe  # noqa: E402
-from hf_forkmerge.runner import METHOD_LABELS, accuracy  # noqa: E402
+from hf_forkmerge import corpora  # noqa: E402
+from hf_forkmerge.recipes import build_data, load_recipe  # noqa: E402
+from hf_forkmerge.runner import METHOD_LABELS, fit, method_overrides  # noqa: E402
 
 HERE = Path(__file__).parent
 SETTINGS = ("nlp", "vision", "control")
 METHODS = ("stl", "ew", "gcs", "pcgrad", "uw", "forkmerge")
 QUICK = {  # steps per branch and fork interval per setting in --quick mode
-    "nlp": ["--max_steps", "30", "--fork_interval", "15"],
-    "vision": ["--max_steps", "80", "--fork_interval", "40"],
-    "control": ["--max_steps", "60", "--fork_interval", "30"],
+    "nlp": [
+        *("--max_steps", "30", "--fork_interval", "15", "--learning_rate", "3e-4"),
+        *("--tasks.sentiment.data.num_validation", "200", "--tasks.sentiment.data.num_test", "500"),
+    ],
+    "vision": ["--max_steps", "60", "--fork_interval", "30"],
+    "control": ["--max_steps", "50", "--fork_interval", "25"],
 }
 
 
@@ -58,23 +61,8 @@ def available_recipe(setting: str, quick: bool):
 
 
 def run(recipe, data, method: str, seed: int) -> float:
-    tokenizer, train, validation, test = data
-    overrides = {"method": method, "seed": seed, "output_dir": tempfile.mkdtemp()}
-    if method != "forkmerge":
-        overrides.update(branches=None, topk=None)
-    args = build_config(recipe, **overrides)[0]
-    set_seed(seed)
-    trainer = ForkMergeTrainer(
-        model=build_model(recipe),
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        processing_class=tokenizer,
-        compute_metrics=accuracy,
-    )
-    trainer.train()
-    target = recipe.target
-    return trainer.evaluate({target: test[target]}, metric_key_prefix="test")[f"test_{target}_accuracy"]
+    result = fit(recipe, data, **method_overrides(method), seed=seed, output_dir=tempfile.mkdtemp())[1]
+    return result["metrics"]["accuracy"]
 
 
 def plot(results: dict, path: Path) -> None:

@@ -333,42 +333,6 @@ def _type_name(annotation) -> str:
 # ---- building -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Experiment:
-    """Everything a recipe describes, built and ready for a ForkMergeTrainer."""
-
-    model: Any
-    processing_class: Any
-    train: dict
-    validation: dict
-    test: dict
-    args: Any
-    peft_config: Any
-    push_to_hub: bool
-    hub_model_id: str | None
-
-
-def build_experiment(recipe: Recipe, **training_overrides) -> Experiment:
-    """Load the data and the model and make the config. Pushing to the Hub is left to the caller (the CLI pushes
-    after training, so that a failed upload never costs the training)."""
-    args, peft_config, push_to_hub, hub_model_id = build_config(recipe, **training_overrides)
-    tokenizer, train, validation, test = build_data(recipe)
-    from transformers import set_seed
-
-    set_seed(args.seed)
-    return Experiment(
-        model=build_model(recipe),
-        processing_class=tokenizer,
-        train=train,
-        validation=validation,
-        test=test,
-        args=args,
-        peft_config=peft_config,
-        push_to_hub=push_to_hub,
-        hub_model_id=hub_model_id,
-    )
-
-
 def build_config(recipe: Recipe, **training_overrides):
     """(ForkMergeConfig, LoraConfig or None, push_to_hub, hub_model_id). The Hub fields are taken out of the config:
     a Trainer with push_to_hub=True calls the Hub as soon as it is built."""
@@ -455,6 +419,6 @@ def _task_splits(recipe: Recipe, task: str, spec: dict, tokenizer) -> dict:
 
     prepared = {}
     for split, dataset in splits.items():
-        dataset = dataset.map(encode, batched=True)
+        dataset = dataset.map(encode, batched=True, remove_columns=texts)
         prepared[split] = dataset.rename_column(label, "labels") if label != "labels" else dataset
     return prepared

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .cards import COMPARISON_FILE, RECIPE_FILE, RESULTS_FILE, push_to_hub, write_card
-from .recipes import Recipe, build_experiment
+from .recipes import Recipe, build_config, build_data, build_model
 from .trainer import ForkMergeTrainer
 
 COMPARED_METHODS = ("stl", "ew", "gcs", "pcgrad", "uw", "forkmerge")
@@ -24,44 +24,60 @@ def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float((predictions[counted] == labels[counted]).mean())}
 
 
+def method_overrides(method: str) -> dict:
+    """Training overrides that run a recipe's setting with another method (baselines fix their own task weights)."""
+    return {"method": method} if method == "forkmerge" else {"method": method, "branches": None, "topk": None}
+
+
+def fit(recipe: Recipe, data, **training) -> tuple[ForkMergeTrainer, dict]:
+    """Train a fresh model of the recipe on `data` (from `build_data`) and evaluate the target on its test split
+    (its validation split if it has none). Returns the trainer and {"split", "metrics", "seconds"}."""
+    from transformers import set_seed
+
+    args, peft_config, _, _ = build_config(recipe, **training)
+    tokenizer, train, validation, test = data
+    set_seed(args.seed)  # every method of a comparison starts from the same weights
+    target_type = recipe.data["tasks"][recipe.target]["type"]
+    trainer = ForkMergeTrainer(
+        model=build_model(recipe),
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        compute_metrics=None if target_type == "regression" else accuracy,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    split = "test" if recipe.target in test else "validation"
+    evaluation = test if split == "test" else validation
+    metrics = trainer.evaluate({recipe.target: evaluation[recipe.target]}, metric_key_prefix=split)
+    prefix = f"{split}_{recipe.target}_"
+    kept = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    scores = {k: v for k, v in kept.items() if k != "runtime" and "per_second" not in k}
+    return trainer, {"split": split, "metrics": scores, "seconds": seconds}
+
+
 def train_recipe(recipe: Recipe, push: bool | None = None, hub_model_id: str | None = None, **training) -> dict:
     """Train what the recipe says, save the model, recipe, results and card in output_dir, then push if asked.
 
     Returns {"split": ..., "metrics": {...}, "seconds": ...}. A failed push raises HubPushError after everything is
     saved locally.
     """
-    experiment = build_experiment(recipe, **training)
-    args = experiment.args
-    target_type = recipe.data["tasks"][recipe.target]["type"]
-    trainer = ForkMergeTrainer(
-        model=experiment.model,
-        args=args,
-        train_dataset=experiment.train,
-        eval_dataset=experiment.validation,
-        processing_class=experiment.processing_class,
-        peft_config=experiment.peft_config,
-        compute_metrics=None if target_type == "regression" else accuracy,
-    )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    split = "test" if recipe.target in experiment.test else "validation"
-    evaluation = experiment.test if split == "test" else experiment.validation
-    metrics = trainer.evaluate({recipe.target: evaluation[recipe.target]}, metric_key_prefix=split)
-    prefix = f"{split}_{recipe.target}_"
-    kept = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix) and "per_second" not in k}
-    result = {"split": split, "metrics": {k: v for k, v in kept.items() if k != "runtime"}, "seconds": seconds}
+    _, _, recipe_push, recipe_hub_id = build_config(recipe, **training)
+    trainer, result = fit(recipe, build_data(recipe), **training)
     trainer.save_model()
+    args = trainer.args
     if args.should_save:
         output_dir = Path(args.output_dir)
         _write_atomic(output_dir / RECIPE_FILE, recipe.to_yaml(training))
-        method = METHOD_LABELS[args.method]
-        results = {"split": split, "methods": [{"method": method, "metrics": result["metrics"]}]}
+        results = {"split": result["split"], "methods": [{"method": METHOD_LABELS[args.method], "metrics": result["metrics"]}]}
         _write_atomic(output_dir / RESULTS_FILE, json.dumps(results, indent=2))
-        write_card(output_dir, repo_id=hub_model_id or experiment.hub_model_id)
-        if push if push is not None else experiment.push_to_hub:
-            repo_id = hub_model_id or experiment.hub_model_id or output_dir.name
-            result["pushed_to"] = push_to_hub(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
+        repo_id = hub_model_id or recipe_hub_id
+        write_card(output_dir, repo_id=repo_id)
+        if push if push is not None else recipe_push:
+            result["pushed_to"] = push_to_hub(output_dir, repo_id or output_dir.name, args.hub_token, args.hub_private_repo)
     return result
 
 
@@ -71,10 +87,7 @@ def compare_recipe(recipe: Recipe, methods=COMPARED_METHODS) -> dict:
     output_dir = Path(recipe.data["training"].get("output_dir", "outputs/compare"))
     rows = []
     for method in methods:
-        overrides = {"method": method, "output_dir": str(output_dir / method)}
-        if method != "forkmerge":  # the baselines fix their own task weights
-            overrides.update(branches=None, topk=None)
-        result = train_recipe(recipe, push=False, **overrides)
+        result = train_recipe(recipe, push=False, **method_overrides(method), output_dir=str(output_dir / method))
         rows.append({"method": METHOD_LABELS[method], "metrics": result["metrics"], "seconds": result["seconds"]})
     comparison = {"split": result["split"], "target_task": recipe.target, "methods": rows}
     output_dir.mkdir(parents=True, exist_ok=True)
