@@ -11,27 +11,19 @@ per step; Rotten Tomatoes sentiment as target with subjectivity and word polarit
 4. merge speed: bytes of weights merged per second (weighted_sum of two full MiniLM-L6 state dicts) vs a plain
    tensor copy of the same bytes, target >= 50%.
 
-Run: `.venv/bin/python benchmarks/cost.py` (about 10 minutes on 2 cores) or `--quick` (about 3 minutes).
+Run: `.venv/bin/python benchmarks/cost.py` (about 5 minutes on 2 cores) or `--quick` (about 3 minutes).
 """
 
 import argparse
 import json
 import os
-import statistics
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    logging,
-    set_seed,
-)
+from common import StepTimer, TaskPadding, training_kwargs  # noqa: E402
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, logging, set_seed  # noqa: E402
 
 from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer  # noqa: E402
 from hf_forkmerge.demo import demo_recipe  # noqa: E402
@@ -42,53 +34,12 @@ RECIPE = demo_recipe()
 TARGET = RECIPE.target
 
 
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step, from its first forward to the optimizer's update."""
-
-    def __init__(self):
-        self.durations, self.start = [], None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.durations.append(time.perf_counter() - self.start)
-
-    def median(self) -> float:
-        return statistics.median(self.durations[3:])  # the first steps warm up the allocator
-
-
-class _TaskPadding:
-    def __init__(self, pad):
-        self.pad = pad
-
-    def __call__(self, features):
-        batch = self.pad([{k: v for k, v in f.items() if k != "task"} for f in features])
-        batch["task"] = TARGET
-        return batch
-
-
-def common_args(**fields) -> dict:
-    return dict(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=128,
-        learning_rate=1e-4,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        logging_steps=10_000,
-        **fields,
-    )
-
-
 def forkmerge_run(tokenizer, train, validation, method: str, steps: int, **fields):
     set_seed(0)
     timer = StepTimer()
     trainer = ForkMergeTrainer(
         model=build_model(RECIPE),
-        args=ForkMergeConfig(target_task=TARGET, method=method, max_steps=steps, **common_args(**fields)),
+        args=ForkMergeConfig(target_task=TARGET, method=method, max_steps=steps, **training_kwargs(**fields)),
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
@@ -113,9 +64,9 @@ def plain_trainer_step(tokenizer, train, steps: int) -> float:
     timer = StepTimer()
     trainer = Trainer(
         model=build_model(RECIPE),
-        args=TrainingArguments(max_steps=steps, remove_unused_columns=False, **common_args()),
+        args=TrainingArguments(max_steps=steps, remove_unused_columns=False, **training_kwargs()),
         train_dataset=train[TARGET].map(lambda row: {"task": TARGET}),
-        data_collator=_TaskPadding(DataCollatorWithPadding(tokenizer)),
+        data_collator=TaskPadding(DataCollatorWithPadding(tokenizer), TARGET),
         callbacks=[timer],
     )
     trainer.train()

@@ -16,11 +16,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +26,8 @@ SETTINGS = ("lora-trainer", "lora-branches", "full-branches")
 
 def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, logging
+    from common import StepTimer, TaskPadding, training_kwargs
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, logging
 
     from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer
     from hf_forkmerge.demo import demo_recipe
@@ -46,33 +44,14 @@ def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
         r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0, modules_to_save=["heads.sentiment"]
     )
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.durations, self.start = [], None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.durations.append(time.perf_counter() - self.start)
-
     timer = StepTimer()
-    common = dict(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=batch_size,
-        learning_rate=1e-4,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
-        logging_steps=10_000,
-    )
+    common = training_kwargs(per_device_train_batch_size=batch_size, per_device_eval_batch_size=64)
     if setting == "lora-trainer":
         trainer = Trainer(
             model=get_peft_model(model, lora),
             args=TrainingArguments(max_steps=steps, remove_unused_columns=False, **common),
             train_dataset=train["sentiment"].map(lambda row: {"task": "sentiment"}),
-            data_collator=_TaskPadding(DataCollatorWithPadding(tokenizer)),
+            data_collator=TaskPadding(DataCollatorWithPadding(tokenizer), "sentiment"),
             callbacks=[timer],
         )
     else:
@@ -82,7 +61,6 @@ def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
             branch_type="lora" if setting == "lora-branches" else "full",
             max_steps=steps,
             fork_interval=interval,
-            per_device_eval_batch_size=64,
             **common,
         )
         trainer = ForkMergeTrainer(
@@ -99,22 +77,10 @@ def worker(setting: str, steps: int, interval: int, batch_size: int) -> dict:
     return {
         "setting": setting,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "median_step_s": statistics.median(timer.durations[2:]),  # the first steps warm up the allocator
+        "median_step_s": timer.median(),
         "optimizer_steps": len(timer.durations),
         "trainable_parameters": trainable,
     }
-
-
-class _TaskPadding:
-    """The plain Trainer's collator for the same MultiTaskModel: pad, and name the task."""
-
-    def __init__(self, pad):
-        self.pad = pad
-
-    def __call__(self, features):
-        batch = self.pad([{k: v for k, v in f.items() if k != "task"} for f in features])
-        batch["task"] = "sentiment"
-        return batch
 
 
 def main() -> None:
