@@ -115,8 +115,11 @@ def main() -> None:
                 print(f"{setting} seed {seed} {METHOD_LABELS[method]}: {scores[method][-1]:.4f}", flush=True)
         steps = recipe.data["training"]["max_steps"]
         results[setting] = {"target": recipe.target, "tasks": list(recipe.data["tasks"]), "steps": steps, "methods": scores}
+        write_results(results, options, len(seeds), time.perf_counter() - start)  # after each setting: partial results survive
 
-    lines = [f"Target test accuracy, mean +- std over {len(seeds)} seeds ({time.perf_counter() - start:.0f} s in all):", ""]
+
+def write_results(results: dict, options, num_seeds: int, seconds: float) -> None:
+    lines = [f"Target test accuracy, mean +- std over {num_seeds} seeds ({seconds:.0f} s in all):", ""]
     lines.append("| setting (target; tasks; steps per branch) | " + " | ".join(METHOD_LABELS[m] for m in options.methods) + " |")
     lines.append("|---|" + "---|" * len(options.methods))
     for setting, result in results.items():
@@ -128,11 +131,10 @@ def main() -> None:
         label = f"{setting} ({result['target']}; {', '.join(result['tasks'])}; {result['steps']})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    print("\n" + table)
+    print("\n" + table, flush=True)
     Path(f"{options.output}.json").write_text(json.dumps(results, indent=2))
     Path(f"{options.output}.md").write_text(table + "\n")
-    if results:
-        plot(results, Path(f"{options.output}.png"))
+    plot(results, Path(f"{options.output}.png"))
 
 
 if __name__ == "__main__":

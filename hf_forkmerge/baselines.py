@@ -7,7 +7,9 @@ combine:
 - GCS (Du et al., 2018, "Adapting Auxiliary Losses Using Gradient Similarity"): an auxiliary's gradient is dropped
   when its cosine with the target's gradient is negative. Written here: no maintained library ships it.
 - PCGrad (Yu et al., 2020, "Gradient Surgery for Multi-Task Learning"): each task gradient is projected off the
-  others it conflicts with; from torchjd (`torchjd.aggregation.PCGrad`).
+  others it conflicts with; the aggregation is torchjd's (`torchjd.aggregation.PCGrad`), applied to the matrix of
+  per-task gradients (one backward per task: each task has its own batch, so torchjd's batched Jacobian, which
+  backpropagates every row through every task's graph, would cost about one full backward per task more).
 - UW (Kendall et al., 2018): losses weighted by learned uncertainties, sum_i 0.5 exp(-s_i) L_i + 0.5 s_i; from
   torchjd (`torchjd.scalarization.UW`). Its log-variances train with the model's optimizer.
 
@@ -52,10 +54,7 @@ class GCS(GradientRule):
         self.kept_fraction: list[float] = []
 
     def backward(self, losses, parameters, target, scale):
-        gradients = {}
-        for task, loss in losses.items():
-            grads = torch.autograd.grad(loss * scale, parameters, retain_graph=True, allow_unused=True)
-            gradients[task] = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, parameters)]
+        gradients = _task_gradients(losses, parameters, scale)
         auxiliaries = [gradients[task] for task in losses if task != target]
         combined, kept = gcs_combine(gradients[target], auxiliaries)
         self.kept_fraction.append(sum(kept) / max(len(kept), 1))
@@ -70,11 +69,11 @@ class PCGradRule(GradientRule):
         self.aggregator = PCGrad()
 
     def backward(self, losses, parameters, target, scale):
-        from torchjd.autojac import backward, jac_to_grad
-
-        used = [p for p in parameters if p.requires_grad]
-        backward([loss * scale for loss in losses.values()], inputs=used)
-        jac_to_grad([p for p in used if getattr(p, "jac", None) is not None], self.aggregator)
+        gradients = _task_gradients(losses, parameters, scale)
+        matrix = torch.stack([torch.cat([g.reshape(-1) for g in grads]) for grads in gradients.values()])
+        combined = self.aggregator(matrix)
+        sizes = [p.numel() for p in parameters]
+        _accumulate(parameters, [g.view_as(p) for g, p in zip(combined.split(sizes), parameters)])
 
 
 class UncertaintyWeighting(GradientRule):
@@ -103,13 +102,23 @@ def make_rule(method: str, tasks: Sequence[str]) -> GradientRule:
     raise ValueError(f"method: {method!r} is not a gradient-coordination method ({', '.join(GRADIENT_METHODS)})")
 
 
-def _dot(a, b) -> torch.Tensor:
-    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+def _task_gradients(losses, parameters, scale) -> dict[str, list[torch.Tensor]]:
+    """One backward per task through its own batch's graph; parameters a task does not reach get zeros."""
+    gradients = {}
+    for task, loss in losses.items():
+        grads = torch.autograd.grad(loss * scale, parameters, retain_graph=True, allow_unused=True)
+        gradients[task] = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, parameters)]
+    return gradients
+
+
+def _dot(a, b) -> float:
+    # torch.dot allocates nothing per parameter; the per-parameter sums are added in float64.
+    return sum(torch.dot(x.reshape(-1), y.reshape(-1)).double().item() for x, y in zip(a, b))
 
 
 def _accumulate(parameters, gradients) -> None:
     for parameter, gradient in zip(parameters, gradients):
         if parameter.grad is None:
-            parameter.grad = gradient.detach().clone()
+            parameter.grad = gradient.detach()
         else:
             parameter.grad.add_(gradient)

@@ -12,12 +12,14 @@ A recipe has these top-level keys (see recipes/ for complete examples):
     max_length: tokens per text example (default 128)
     seed:       seed of the packaged corpora's splits (default 0)
 
-Every error names the key, and the file and line where the YAML has them.
+Every error names the key, and the file and line where the YAML has them. YAML is read with a safe loader (no
+Python objects) that also reads 5e-5 as a number.
 """
 
 import dataclasses
 import inspect
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -33,6 +35,21 @@ MODEL_KEYS = {"name_or_path", "config", "load_kwargs", "frozen", "pooling", "hea
 TASK_KEYS = {"type", "num_labels", "data"}
 FILE_DATA_KEYS = {"files", "format", "text_column", "text_columns", "label_column"}
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading 5e-5 as a number as YAML 1.2 does (YAML 1.1 wants 5.0e-5, or it is a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects, no code
 
 
 class RecipeError(ValueError):
@@ -64,8 +81,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise RecipeError(f"{path}: no such recipe file")
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = _load_yaml(text)
+        lines = _key_lines(yaml.compose(text, Loader=_Loader))
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     recipe = Recipe(path=path, data=data if data is not None else {}, lines=lines)
@@ -86,7 +103,7 @@ def _pairs(overrides: list[str]) -> list[tuple[str, Any]]:
             if not items or items[0].startswith("--"):
                 raise RecipeError(f"override --{key}: missing its value")
             value = items.pop(0)
-        pairs.append((key, yaml.safe_load(value)))
+        pairs.append((key, _load_yaml(value)))
     return pairs
 
 

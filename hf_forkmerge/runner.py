@@ -1,14 +1,13 @@
 """Runs from recipes: train one, or compare ForkMerge with the baselines on the same budget."""
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .cards import COMPARISON_FILE, RECIPE_FILE, RESULTS_FILE, push_to_hub, write_card
+from .files import write_text_atomic
 from .recipes import Recipe, build_config, build_data, build_model
 from .trainer import ForkMergeTrainer
 
@@ -71,9 +70,9 @@ def train_recipe(recipe: Recipe, push: bool | None = None, hub_model_id: str | N
     args = trainer.args
     if args.should_save:
         output_dir = Path(args.output_dir)
-        _write_atomic(output_dir / RECIPE_FILE, recipe.to_yaml(training))
+        write_text_atomic(output_dir / RECIPE_FILE, recipe.to_yaml(training))
         results = {"split": result["split"], "methods": [{"method": METHOD_LABELS[args.method], "metrics": result["metrics"]}]}
-        _write_atomic(output_dir / RESULTS_FILE, json.dumps(results, indent=2))
+        write_text_atomic(output_dir / RESULTS_FILE, json.dumps(results, indent=2))
         repo_id = hub_model_id or recipe_hub_id
         write_card(output_dir, repo_id=repo_id)
         if push if push is not None else recipe_push:
@@ -91,8 +90,8 @@ def compare_recipe(recipe: Recipe, methods=COMPARED_METHODS) -> dict:
         rows.append({"method": METHOD_LABELS[method], "metrics": result["metrics"], "seconds": result["seconds"]})
     comparison = {"split": result["split"], "target_task": recipe.target, "methods": rows}
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / COMPARISON_FILE, json.dumps(comparison, indent=2))
-    _write_atomic(output_dir / "comparison.md", comparison_table(comparison))
+    write_text_atomic(output_dir / COMPARISON_FILE, json.dumps(comparison, indent=2))
+    write_text_atomic(output_dir / "comparison.md", comparison_table(comparison))
     _plot_comparison(comparison, output_dir / "comparison.png")
     if "forkmerge" in methods:
         write_card(output_dir / "forkmerge")  # now with the comparison in its results
@@ -132,10 +131,3 @@ def _plot_comparison(comparison: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)

@@ -6,7 +6,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 
 import torch
@@ -19,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 from .baselines import GRADIENT_METHODS, make_rule
 from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
+from .files import write_text_atomic
 from .modeling import MultiTaskModel
 from .search import SearchResult, greedy_search
 from .tasks import (
@@ -217,7 +217,6 @@ class ForkMergeTrainer(Trainer):
             self._write_history()
 
     def _write_history(self) -> None:
-        os.makedirs(self.args.output_dir, exist_ok=True)
         model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         specs = getattr(getattr(model, "config", None), "tasks", None) or {}
         encoder = getattr(getattr(model, "config", None), "encoder_config", None)
@@ -230,10 +229,7 @@ class ForkMergeTrainer(Trainer):
         }
         if getattr(self, "auxiliary_ranking", None) is not None:
             history["auxiliary_ranking"] = self.auxiliary_ranking
-        path = os.path.join(self.args.output_dir, HISTORY_FILE)
-        with tempfile.NamedTemporaryFile("w", dir=self.args.output_dir, delete=False, suffix=".tmp") as handle:
-            json.dump(history, handle, indent=2)
-        os.replace(handle.name, path)  # atomic: a crash never leaves half a history
+        write_text_atomic(os.path.join(self.args.output_dir, HISTORY_FILE), json.dumps(history, indent=2))
 
     def _rank_auxiliaries(self) -> list[str]:
         """The reference code's pruning run: train target + each auxiliary alone briefly, rank by target score."""

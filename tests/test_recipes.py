@@ -53,6 +53,14 @@ def test_overrides(tmp_path):
     assert "topk: [0, 1]" not in path.read_text()  # the file itself is left alone
     nested = load_recipe(path, ["--tasks.main.num_labels", "3"])
     assert nested.data["tasks"]["main"]["num_labels"] == 3
+    assert load_recipe(path, ["--learning_rate", "3e-4"]).data["training"]["learning_rate"] == 3e-4
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    recipe = base_recipe(tmp_path)
+    recipe["training"]["learning_rate"] = "PLACEHOLDER"
+    text = yaml.safe_dump(recipe, sort_keys=False).replace("PLACEHOLDER", "5e-5")
+    assert load_recipe(write(tmp_path, text)).data["training"]["learning_rate"] == 5e-5
 
 
 def mutate(change):
