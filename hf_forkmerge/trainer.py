@@ -1,5 +1,6 @@
 """ForkMergeTrainer: fork the model into branches, train each, search merge weights on the target, merge."""
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -181,21 +182,37 @@ class ForkMergeTrainer(Trainer):
         return self.args.merge_criterion == "metric" and bool(self.args.greater_is_better)
 
     def _score_live_model(self) -> float:
-        target = self.args.target_task
-        key = f"eval_{target}_loss" if self.args.merge_criterion == "loss" else f"eval_{self.args.metric_for_best_model}"
+        if self.args.merge_criterion == "loss":
+            return self._target_loss()
+        target, key = self.args.target_task, f"eval_{self.args.metric_for_best_model}"
         callbacks, self.callback_handler.callbacks = self.callback_handler.callbacks, []
         try:  # the search's evaluations are internal: no progress bars, logs or early stopping from them
             output = self.evaluation_loop(
-                self.get_eval_dataloader(target),
-                description="ForkMerge search",
-                prediction_loss_only=self.args.merge_criterion == "loss",
-                metric_key_prefix=f"eval_{target}",
+                self.get_eval_dataloader(target), description="ForkMerge search", metric_key_prefix=f"eval_{target}"
             )
         finally:
             self.callback_handler.callbacks = callbacks
         if key not in output.metrics:
             raise KeyError(f"metric_for_best_model: the target evaluation gave no {key!r} (got {sorted(output.metrics)})")
         return float(output.metrics[key])
+
+    def _target_loss(self) -> float:
+        """The target validation loss, averaged over examples; every rank scores a disjoint shard and the sums are
+        reduced, so all ranks get the same score, equal to a single process's (no padded duplicates counted)."""
+        dataset = self.eval_dataset[self.args.target_task]
+        if self.args.world_size > 1:
+            dataset = dataset.shard(self.args.world_size, self.args.process_index, contiguous=True)
+        loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=self.task_collator)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # sum of losses, examples
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for batch in loader:
+                loss, examples = self.compute_loss(self.model, self._prepare_inputs(batch)), len(batch["labels"])
+                totals += torch.stack([loss.double() * examples, totals.new_tensor(examples)])
+        self.model.train(was_training)
+        totals = self.accelerator.reduce(totals, "sum")
+        return (totals[0] / totals[1]).item()
 
     def _record_merge(self, round_index: int, result: SearchResult, report: dict[str, float]) -> None:
         names = [branch.name for branch in self.branches]
@@ -380,12 +397,11 @@ class ForkMergeTrainer(Trainer):
 
     def _task_losses(self, model, inputs: dict[str, dict]) -> dict[str, torch.Tensor]:
         """One forward per task of a training step; the losses are logged per branch and task."""
+        with _tasks_in_one_call(self.accelerator.unwrap_model(model, keep_torch_compile=True)):
+            losses = model(inputs)
         branch = self.branches[self.active]
-        losses = {}
-        for task, batch in inputs.items():
-            outputs = model(**batch)
-            losses[task] = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-            self._metrics[f"{branch.name}/{task}_loss"].append(losses[task].detach())
+        for task, loss in losses.items():
+            self._metrics[f"{branch.name}/{task}_loss"].append(loss.detach())
         return losses
 
     def create_optimizer(self, model=None):
@@ -472,6 +488,34 @@ def _input_names(model: torch.nn.Module) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
     return set(parameters)
+
+
+@contextlib.contextmanager
+def _tasks_in_one_call(module: torch.nn.Module):
+    """Let one call `model({task: batch})` run the per-task forwards and return `{task: loss}`.
+
+    DDP allows one forward per backward (it marks unused parameters after each forward), so the step's forwards
+    must happen inside a single call of the wrapped model. The forward is swapped on the instance, as accelerate
+    does for mixed precision, and restored afterwards.
+    """
+    per_task_forward = module.forward
+    patched_before = "forward" in vars(module)
+
+    def forward_tasks(batches: dict[str, dict]) -> dict[str, torch.Tensor]:
+        losses = {}
+        for task, batch in batches.items():
+            outputs = per_task_forward(**batch)
+            losses[task] = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        return losses
+
+    module.forward = forward_tasks
+    try:
+        yield
+    finally:
+        if patched_before:
+            module.forward = per_task_forward
+        else:
+            del module.forward
 
 
 def _unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
