@@ -51,6 +51,9 @@ class BranchStore(ABC):
             for name, tensor in self.live.items():
                 tensor.copy_(state[name])
 
+    def is_finite(self, branch: int) -> bool:
+        return all(bool(tensor.isfinite().all()) for tensor in self.slots[branch].values() if tensor.is_floating_point())
+
     def fork_all(self) -> None:
         """After a merge, every branch continues from the live model's weights."""
         for branch in range(len(self.slots)):

@@ -75,9 +75,10 @@ def merge_lora_factors(
     triplets give B = U sqrt(S) and A = sqrt(S) V^T. The error is ||dropped singular values|| / ||all of them||
     (Frobenius), 0 when the sum already has rank <= r. A one-hot weighting returns that branch's own factors.
     """
-    nonzero = [i for i, w in enumerate(weights) if w != 0]
+    nonzero = [i for i, w in enumerate(weights) if w != 0]  # a branch left out may hold NaNs: 0 * NaN is NaN
     if len(nonzero) == 1 and weights[nonzero[0]] == 1:
         return a_factors[nonzero[0]].clone(), b_factors[nonzero[0]].clone(), 0.0
+    a_factors, b_factors, weights = ([seq[i] for i in nonzero] for seq in (a_factors, b_factors, weights))
     rank, dtype = a_factors[0].shape[0], a_factors[0].dtype
     stacked_b = torch.cat([w * b.double() for w, b in zip(weights, b_factors)], dim=1)
     stacked_a = torch.cat([a.double() for a in a_factors], dim=0)

@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections import defaultdict
 
 import torch
@@ -21,7 +22,7 @@ from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
 from .files import write_text_atomic
 from .modeling import MultiTaskModel
-from .search import SearchResult, greedy_search
+from .search import Candidate, SearchResult, greedy_search
 from .tasks import (
     TASK_COLUMN,
     BranchSchedule,
@@ -131,27 +132,59 @@ class ForkMergeTrainer(Trainer):
 
     def merge(self, round_index: int) -> None:
         """Search the branch weights on the target validation set, then every branch continues from the merge."""
-        result = self.search()
+        healthy = self._healthy_branches()
+        result = self.search(healthy)
         report = self.store.load_merge(result.weights)
         self.store.fork_all()
-        self._record_merge(round_index, result, report)
+        diverged = [branch for branch in range(len(self.branches)) if branch not in healthy]
+        for branch in diverged:  # its moments are non-finite too: it restarts from the merge with fresh ones
+            self._optimizer_states[branch] = None
+        self._record_merge(round_index, result, report, [self.branches[b].name for b in diverged])
 
-    def search(self) -> SearchResult:
-        num_candidates = len(self.branches) + (len(self.branches) - 1) * sum(1 for a in self.args.merge_grid if a)
+    def search(self, branches: list[int]) -> SearchResult:
+        """The greedy search over these branches; the others get weight 0."""
+
+        def all_weights(weights: list[float]) -> list[float]:
+            full = [0.0] * len(self.branches)
+            for branch, weight in zip(branches, weights):
+                full[branch] = weight
+            return full
+
+        num_candidates = len(branches) + (len(branches) - 1) * sum(1 for a in self.args.merge_grid if a)
         with tqdm(total=num_candidates, desc="ForkMerge search", leave=False, disable=self.args.disable_tqdm) as bar:
 
             def score(weights: list[float]) -> float:
-                self.store.load_merge(weights)
+                self.store.load_merge(all_weights(weights))
                 value = self._score_live_model()
                 bar.update()
                 return value
 
             branch_scores = []
-            for branch in range(len(self.branches)):
+            for branch in branches:
                 self.store.load(branch)
                 branch_scores.append(self._score_live_model())
                 bar.update()
-            return greedy_search(branch_scores, score, self.args.merge_grid, self._greater_is_better)
+            result = greedy_search(branch_scores, score, self.args.merge_grid, self._greater_is_better)
+        candidates = [Candidate(all_weights(c.weights), c.score) for c in result.candidates]
+        return SearchResult(all_weights(result.weights), result.score, candidates)
+
+    def _healthy_branches(self) -> list[int]:
+        """The branches whose weights are all finite; a diverged branch is left out of the merge, with a warning."""
+        healthy = [branch for branch in range(len(self.branches)) if self.store.is_finite(branch)]
+        diverged = [self.branches[b].name for b in range(len(self.branches)) if b not in healthy]
+        if not healthy:
+            raise FloatingPointError(
+                f"every branch ({', '.join(diverged)}) has non-finite weights at step {self.state.global_step}: "
+                "lower the learning rate or set max_grad_norm"
+            )
+        if diverged:
+            warnings.warn(
+                f"ForkMerge: branch {', '.join(diverged)} has non-finite weights at step {self.state.global_step}; "
+                "it is left out of this merge and restarts from it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return healthy
 
     # ---- branch switching ----------------------------------------------------------------------------------------
 
@@ -214,7 +247,7 @@ class ForkMergeTrainer(Trainer):
         totals = self.accelerator.reduce(totals, "sum")
         return (totals[0] / totals[1]).item()
 
-    def _record_merge(self, round_index: int, result: SearchResult, report: dict[str, float]) -> None:
+    def _record_merge(self, round_index: int, result: SearchResult, report: dict[str, float], diverged: list[str]) -> None:
         names = [branch.name for branch in self.branches]
         record = {
             "round": round_index,
@@ -224,6 +257,7 @@ class ForkMergeTrainer(Trainer):
             "score": result.score,
             "criterion": "loss" if self.args.merge_criterion == "loss" else self.args.metric_for_best_model,
             "candidates": [{"weights": c.weights, "score": c.score} for c in result.candidates],
+            "diverged": diverged,
             **report,
         }
         self.merge_history.append(record)

@@ -54,7 +54,7 @@ def test_lora_branches_train_only_adapters_and_heads_and_reload_with_plain_peft(
 
 def test_the_merge_puts_the_nearest_rank_r_update_into_the_adapter(tmp_path):
     class HalfAndHalf(ForkMergeTrainer):
-        def search(self):
+        def search(self, branches):
             self.before = [{k: v.clone() for k, v in slot.items()} for slot in self.store.slots]
             return SearchResult(weights=[0.5, 0.5], score=0.0)
 

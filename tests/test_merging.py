@@ -115,3 +115,12 @@ def test_weights_need_not_sum_to_one_and_sums_can_be_written_in_place():
     torch.testing.assert_close(out["weight"], expected, rtol=0, atol=1e-5)
     assert merged["weight"] is out["weight"] and merged["num_batches_tracked"] is out["num_batches_tracked"]
     assert out["num_batches_tracked"].item() == round(100 + 2 * 101 - 0.5 * 102)
+
+
+def test_a_branch_with_weight_zero_never_enters_the_merge_even_when_it_holds_nans():
+    nan_state = {"w": torch.full((3,), float("nan"))}
+    merged = weighted_sum([{"w": torch.ones(3)}, nan_state, {"w": torch.zeros(3)}], [0.5, 0.0, 0.5])
+    torch.testing.assert_close(merged["w"], torch.full((3,), 0.5))
+    pairs = [_lora_pair(0), tuple(torch.full_like(t, float("nan")) for t in _lora_pair(1)), _lora_pair(2)]
+    a, b, _ = merge_lora_factors([p[0] for p in pairs], [p[1] for p in pairs], [0.5, 0.0, 0.5])
+    assert a.isfinite().all() and b.isfinite().all()

@@ -80,7 +80,7 @@ def test_each_branch_keeps_its_own_optimizer_state_across_merges(tmp_path, linea
 
 def test_merge_writes_the_weighted_sum_into_every_branch(tmp_path, linear_data):
     class FixedWeights(ForkMergeTrainer):
-        def search(self):
+        def search(self, branches):
             self.before_merge = [{k: v.clone() for k, v in slot.items()} for slot in self.store.slots]
             return SearchResult(weights=[0.25, 0.75], score=0.0)
 
@@ -265,3 +265,29 @@ def test_predict_one_task(tmp_path, linear_data):
     assert output.metrics["test_main_loss"] == pytest.approx(trainer.evaluate()["eval_main_loss"])
     with pytest.raises(ValueError, match="one task at a time"):
         trainer.predict(linear_data["eval"]["main"])
+
+
+class PoisonedAuxiliaryModel(SharedHeadModel):
+    """The auxiliary task's loss is NaN, so the joint branch's shared weights become NaN at its first step."""
+
+    def forward(self, task, features, labels=None):
+        outputs = super().forward(task, features, labels)
+        if task == "helpful" and labels is not None:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+
+def test_a_diverged_branch_is_left_out_of_the_merge_and_training_goes_on(tmp_path, linear_data):
+    stl = run(tmp_path / "stl", linear_data, ["main", "helpful"], method="stl", max_steps=10)
+    with pytest.warns(RuntimeWarning, match="branch joint has non-finite weights"):
+        trainer = run(tmp_path / "fm", linear_data, ["main", "helpful"], model=PoisonedAuxiliaryModel(), max_steps=10)
+    assert [m["diverged"] for m in trainer.merge_history] == [["joint"], ["joint"]]
+    assert [m["weights"] for m in trainer.merge_history] == [[1.0, 0.0], [1.0, 0.0]]
+    # The target branch went on as STL would; its optimizer state survived, the joint branch's was reset.
+    for name, tensor in weights_of(trainer.model).items():
+        torch.testing.assert_close(tensor, weights_of(stl.model)[name])
+
+
+def test_training_stops_clearly_when_every_branch_diverges(tmp_path, linear_data):
+    with pytest.raises(FloatingPointError, match="every branch \\(target, joint\\) has non-finite weights"):
+        run(tmp_path, linear_data, ["main", "helpful"], model=PoisonedAuxiliaryModel(), learning_rate=float("inf"))
