@@ -13,18 +13,21 @@ from collections import defaultdict
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .baselines import GRADIENT_METHODS, make_rule
 from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
-from .files import write_text_atomic
+from .checkpoint import complete_checkpoint, load_state, read_metadata, save_state
+from .files import check_output_dir, write_text_atomic
 from .modeling import MultiTaskModel
 from .search import Candidate, SearchResult, greedy_search
 from .tasks import (
     TASK_COLUMN,
+    Branch,
     BranchSchedule,
     TaskCollator,
     as_task_dataset,
@@ -102,15 +105,16 @@ class ForkMergeTrainer(Trainer):
     # ---- the algorithm -------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        self._resume_from = None
         if resume_from_checkpoint:
-            raise ValueError(
-                "resume_from_checkpoint: a ForkMerge checkpoint holds the merged model but not every branch's "
-                "optimizer state, so the run cannot be resumed exactly"
-            )
-        if self.branches is None:
+            self._resume_from = complete_checkpoint(self.args.output_dir, resume_from_checkpoint)
+            self._restore_run(read_metadata(self._resume_from))
+        elif self.branches is None:
             ranking = self._rank_auxiliaries()
             self.branches = resolve_branches(self.args, self.tasks, ranking)
-        return super().train(trial=trial, **kwargs)
+        if self.args.should_save:
+            check_output_dir(self.args.output_dir, self._bytes_to_save())
+        return super().train(resume_from_checkpoint=self._resume_from, trial=trial, **kwargs)
 
     def fork(self) -> None:
         """Every branch starts from the current weights, with fresh optimizer state and the schedule's start."""
@@ -314,6 +318,51 @@ class ForkMergeTrainer(Trainer):
         self.state.log_history.append({"forkmerge_ranking": self.auxiliary_ranking})
         return ranking
 
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_branch_state(self, checkpoint_dir: str) -> None:
+        """Complete a Trainer checkpoint with every branch's optimizer state and the merge history."""
+        forking = len(self.branches) > 1
+        optimizer = _unwrap_optimizer(self.optimizer)
+        metadata = {
+            "global_step": self.state.global_step,
+            "branches": [dataclasses.asdict(b) for b in self.branches],
+            "merges": self.merge_history,
+            "auxiliary_ranking": getattr(self, "auxiliary_ranking", None),
+        }
+        rule = self.gradient_rule.state_dict() if self.gradient_rule is not None else {}
+        save_state(checkpoint_dir, optimizer, self._optimizer_states if forking else [], metadata, rule)
+
+    def _restore_run(self, metadata: dict) -> None:
+        saved = [Branch(**branch) for branch in metadata["branches"]]
+        if self.branches is not None and saved != self.branches:
+            raise ValueError(
+                f"branches: the checkpoint was trained with branches {[b.weights for b in saved]}, not "
+                f"{[b.weights for b in self.branches]}"
+            )
+        self.branches = saved
+        self.merge_history = metadata["merges"]
+        if metadata.get("auxiliary_ranking") is not None:
+            self.auxiliary_ranking = metadata["auxiliary_ranking"]
+
+    def _restore_branch_state(self) -> None:
+        """After the Trainer loaded the model, live optimizer and scheduler: give every branch its own moments."""
+        optimizer = _unwrap_optimizer(self.optimizer)
+        states, rule = load_state(self._resume_from, optimizer)
+        if len(self.branches) > 1:
+            self._optimizer_states = states
+            optimizer.state = states[self.active] if states[self.active] is not None else defaultdict(dict)
+        if self.gradient_rule is not None:
+            self.gradient_rule.load_state_dict(rule)
+
+    def _bytes_to_save(self) -> int:
+        """About what the run writes: the model, and with checkpoints every branch's Adam moments."""
+        model_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        if self.args.save_strategy == "no" or self.args.save_only_model:
+            return model_bytes
+        trainable = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        return model_bytes + 2 * trainable * len(self.branches)
+
     def save_merged_model(self, output_dir: str | None = None) -> None:
         """Save a plain model with the LoRA adapter merged into the base weights (`merge_and_unload`)."""
         if not isinstance(self.model, PeftModel):
@@ -349,6 +398,14 @@ class ForkMergeTrainer(Trainer):
             process_index=self.args.process_index,
             num_processes=self.args.world_size,
         )
+        return self._schedule_loader(schedule)
+
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        # Every micro-batch is a function of its index, so resuming starts the schedule at the right one.
+        schedule = dataloader.dataset
+        return self._schedule_loader(Subset(schedule, range(num_batches, len(schedule))))
+
+    def _schedule_loader(self, schedule) -> DataLoader:
         # Not passed through accelerator.prepare: the schedule already gives each rank its share of every batch.
         return DataLoader(
             schedule,
@@ -462,6 +519,12 @@ class _ForkMergeLoop(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.forking:
             self.trainer.fork()
+        if self.trainer._resume_from:
+            self.trainer._restore_branch_state()
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save and not args.save_only_model:
+            self.trainer.save_branch_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
     @property
     def forking(self) -> bool:
