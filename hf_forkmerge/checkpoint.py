@@ -22,32 +22,32 @@ STATE_FILE = "forkmerge_state.json"
 TENSORS_FILE = "forkmerge_state.safetensors"
 
 
+def indexed_state(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """`state` (an `optimizer.state` keyed by parameters) keyed by the parameters' indices instead, as in
+    `optimizer.state_dict()`: that numbering is stable across runs."""
+    live = optimizer.state
+    try:
+        optimizer.state = state
+        return optimizer.state_dict()["state"]
+    finally:
+        optimizer.state = live
+
+
 def save_state(
-    directory: str,
-    optimizer: torch.optim.Optimizer,
-    branch_states: list[dict | None],
-    metadata: dict,
-    extra_tensors: dict[str, torch.Tensor],
+    directory: str, branch_states: list[dict | None], metadata: dict, extra_tensors: dict[str, torch.Tensor]
 ) -> None:
-    """Write each branch's optimizer state (`optimizer.state` while that branch trains; None if not started yet),
+    """Write each branch's optimizer state (as `indexed_state` gives it; None if the branch has not started yet),
     extra tensors, then `metadata` (JSON) as the completion mark."""
     tensors = {f"extra.{name}": tensor.detach().cpu().contiguous() for name, tensor in extra_tensors.items()}
     values = {}
-    live = optimizer.state
-    try:  # the optimizer numbers its parameters in state_dict(); that numbering is stable across runs
-        for branch, state in enumerate(branch_states):
-            if state is None:
-                continue
-            optimizer.state = state
-            for index, entries in optimizer.state_dict()["state"].items():
-                for key, value in entries.items():
-                    name = f"branch{branch}.{index}.{key}"
-                    if torch.is_tensor(value):
-                        tensors[name] = value.detach().cpu().contiguous()
-                    else:
-                        values[name] = value
-    finally:
-        optimizer.state = live
+    for branch, state in enumerate(branch_states):
+        for index, entries in (state or {}).items():
+            for key, value in entries.items():
+                name = f"branch{branch}.{index}.{key}"
+                if torch.is_tensor(value):
+                    tensors[name] = value.detach().cpu().contiguous()
+                else:
+                    values[name] = value
     with atomic_path(os.path.join(directory, TENSORS_FILE)) as temporary:
         save_file(tensors, temporary)
     state = {**metadata, "num_branch_states": len(branch_states), "optimizer_values": values}

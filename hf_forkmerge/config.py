@@ -22,6 +22,8 @@ class ForkMergeConfig(TrainingArguments):
     - `eval_strategy="epoch"` / `save_strategy="epoch"` evaluate / save right after every merge.
     - with `"steps"`, `eval_steps` and `save_steps` count the Trainer's steps and must be multiples of one fork
       round (number of branches x `fork_interval`), so that every evaluation and checkpoint sees a merged model.
+      With `branch_parallel` the branches train at the same time: `global_step` counts the steps of one branch
+      and a round is `fork_interval` steps.
     """
 
     target_task: str | None = field(default=None, metadata={"help": "Name of the target task (a key of train_dataset)."})
@@ -59,6 +61,10 @@ class ForkMergeConfig(TrainingArguments):
     )
     offload_inactive_branches: bool = field(
         default=False, metadata={"help": "Keep the weights and optimizer state of branches not in training on the CPU."}
+    )
+    branch_parallel: bool = field(
+        default=False,
+        metadata={"help": "Train the branches at the same time, one group of processes per branch (the number of processes must be a multiple of the number of branches); the merge gathers their weights."},
     )
 
     def __post_init__(self):
@@ -104,14 +110,22 @@ class ForkMergeConfig(TrainingArguments):
             if len(self.topk) < 2 or len(set(self.topk)) != len(self.topk) or any(k < 0 for k in self.topk):
                 raise ValueError(f"topk: needs at least two distinct counts >= 0, e.g. [0, 1, 3]; got {self.topk!r}")
             self.topk = sorted(self.topk)
+        if self.branch_parallel and self.method != "forkmerge":
+            raise ValueError(f"branch_parallel: only for method 'forkmerge'; method {self.method!r} trains one branch")
+        if self.branch_parallel and self.offload_inactive_branches:
+            raise ValueError(
+                "offload_inactive_branches: not with branch_parallel: the merge exchanges the branches between "
+                "processes from the device"
+            )
         if self.method == "forkmerge":
-            round_steps = self.num_branches * self.fork_interval
+            round_steps = self.fork_interval * (1 if self.branch_parallel else self.num_branches)
             for strategy, steps_field in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps")):
                 steps = getattr(self, steps_field)
                 if getattr(self, strategy) == "steps" and steps % round_steps != 0:
                     raise ValueError(
-                        f"{steps_field}: must be a multiple of one fork round ({self.num_branches} branches x "
-                        f"fork_interval {self.fork_interval} = {round_steps} steps) so that it falls on a merge, got "
+                        f"{steps_field}: must be a multiple of one fork round ({round_steps} steps: fork_interval "
+                        f"{self.fork_interval} x {round_steps // self.fork_interval} branches trained one after the "
+                        f"other) so that it falls on a merge, got "
                         f"{steps}; or use {strategy}='epoch' to act after every merge"
                     )
 

@@ -2,7 +2,7 @@
 
 import bisect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,12 +103,15 @@ class Segment:
         return self.first_step + self.length
 
 
-def fork_rounds(steps_per_branch: int, fork_interval: int, num_branches: int) -> list[Segment]:
-    """The run as fork rounds: in each round every branch in turn trains the same stretch of the schedule."""
+def fork_rounds(steps_per_branch: int, fork_interval: int, branches: Sequence[int]) -> list[Segment]:
+    """The run as fork rounds: in each round each of `branches` in turn trains the same stretch of the schedule.
+
+    A sequential run trains every branch (`range(num_branches)`); a process of a branch-parallel run trains one.
+    """
     segments, step = [], 0
     for round_index in range(math.ceil(steps_per_branch / fork_interval)):
         length = min(fork_interval, steps_per_branch - round_index * fork_interval)
-        for branch in range(num_branches):
+        for branch in branches:
             segments.append(Segment(round_index, branch, step, length, round_index * fork_interval))
             step += length
     return segments
@@ -150,7 +153,7 @@ class BranchSchedule(torch.utils.data.Dataset):
         self.accumulation = gradient_accumulation_steps
         self.process_index, self.num_processes = process_index, num_processes
         global_batch = batch_size * num_processes
-        steps_per_branch = sum(s.length for s in segments if s.branch == 0)
+        steps_per_branch = max(s.timeline_start + s.length for s in segments)
         micro_steps = steps_per_branch * gradient_accumulation_steps
         task_seeds = {task: index for index, task in enumerate(datasets)}
         self.plans = [
@@ -172,7 +175,6 @@ class BranchSchedule(torch.utils.data.Dataset):
             features = [dict(zip(rows, values)) for values in zip(*rows.values())]
             batches[task] = self.collator(features)
         return batches
-
 
 
 def _branch_plan(

@@ -21,9 +21,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .baselines import GRADIENT_METHODS, make_rule
 from .branches import FullWeightBranches, LoraBranches
 from .config import ForkMergeConfig
-from .checkpoint import complete_checkpoint, load_state, read_metadata, save_state
+from .checkpoint import complete_checkpoint, indexed_state, load_state, read_metadata, save_state
 from .files import check_output_dir, write_text_atomic
 from .modeling import MultiTaskModel
+from .parallel import BranchGroups, data_parallel_over
 from .search import Candidate, SearchResult, greedy_search
 from .tasks import (
     TASK_COLUMN,
@@ -74,6 +75,8 @@ class ForkMergeTrainer(Trainer):
             raise ValueError(f"eval_dataset: holds no validation set for the target task {target!r}")
         self.tasks = [target, *[task for task in train_dataset if task != target]]
         model = _prepare_branch_model(model, args, peft_config)
+        if args.should_save:  # before the Trainer creates output_dir, so that its error is ours
+            check_output_dir(args.output_dir, _bytes_to_save(model, args))
         input_names = _input_names(model)
         train_dataset = {t: as_task_dataset(t, train_dataset[t], input_names, "train_dataset") for t in self.tasks}
         eval_dataset = {t: as_task_dataset(t, ds, input_names, "eval_dataset") for t, ds in eval_dataset.items()}
@@ -86,6 +89,10 @@ class ForkMergeTrainer(Trainer):
             **kwargs,
         )
         self.task_collator = TaskCollator(self.data_collator)
+        self.groups = None  # with branch_parallel: which branch this process trains, and with whom
+        if args.branch_parallel:
+            self.groups = BranchGroups(args.num_branches, args.world_size, args.process_index)
+            self.branch_process_group = self.groups.new_process_group()
 
         self.steps_per_branch = self._steps_per_branch()
         if args.method == "forkmerge" and args.fork_interval > self.steps_per_branch:
@@ -97,7 +104,7 @@ class ForkMergeTrainer(Trainer):
             raise ValueError(f"topk: asks for {max(args.topk)} auxiliaries but there are {len(self.tasks) - 1}")
         self.branches = None if args.topk is not None else resolve_branches(args, self.tasks)
         self.merge_history: list[dict] = []
-        self.active = 0  # index of the branch in training
+        self.active = self.groups.branch if self.groups else 0  # index of the branch in training here
         self.gradient_rule = make_rule(args.method, self.tasks).to(args.device) if args.method in GRADIENT_METHODS else None
         self._metrics = defaultdict(list)
         self.add_callback(_ForkMergeLoop(self))
@@ -112,8 +119,6 @@ class ForkMergeTrainer(Trainer):
         elif self.branches is None:
             ranking = self._rank_auxiliaries()
             self.branches = resolve_branches(self.args, self.tasks, ranking)
-        if self.args.should_save:
-            check_output_dir(self.args.output_dir, self._bytes_to_save())
         return super().train(resume_from_checkpoint=self._resume_from, trial=trial, **kwargs)
 
     def fork(self) -> None:
@@ -122,10 +127,15 @@ class ForkMergeTrainer(Trainer):
         self.store = store_class(self.model, len(self.branches), offload=self.args.offload_inactive_branches)
         self._optimizer_states = [None] * len(self.branches)
         self._scheduler_states = [self.lr_scheduler.state_dict() for _ in self.branches]
-        self.active = 0
+        self.active = self.groups.branch if self.groups else 0
 
     def end_segment(self, segment, is_last: bool) -> bool:
         """Called when a branch finishes its stretch of a round; merges at the end of the round. True if it merged."""
+        if self.groups:  # every branch trained this stretch at once: gather them and merge
+            self.store.save(self.active)
+            self.groups.exchange(self.store.slots)
+            self.merge(segment.round)
+            return True
         self._stash(segment.branch)
         merged = segment.branch == len(self.branches) - 1
         if merged:
@@ -142,7 +152,10 @@ class ForkMergeTrainer(Trainer):
         self.store.fork_all()
         diverged = [branch for branch in range(len(self.branches)) if branch not in healthy]
         for branch in diverged:  # its moments are non-finite too: it restarts from the merge with fresh ones
-            self._optimizer_states[branch] = None
+            if self.groups is None:
+                self._optimizer_states[branch] = None
+            elif branch == self.active:
+                _unwrap_optimizer(self.optimizer).state = defaultdict(dict)
         self._record_merge(round_index, result, report, [self.branches[b].name for b in diverged])
 
     def search(self, branches: list[int]) -> SearchResult:
@@ -294,6 +307,7 @@ class ForkMergeTrainer(Trainer):
                 self.args,
                 branches=[{target: 1.0, auxiliary: 1.0}],
                 topk=None,
+                branch_parallel=False,
                 max_steps=self.args.pruning_steps,
                 fork_interval=self.args.pruning_steps,
                 eval_strategy="no",
@@ -321,9 +335,11 @@ class ForkMergeTrainer(Trainer):
     # ---- checkpoints ---------------------------------------------------------------------------------------------
 
     def save_branch_state(self, checkpoint_dir: str) -> None:
-        """Complete a Trainer checkpoint with every branch's optimizer state and the merge history."""
-        forking = len(self.branches) > 1
-        optimizer = _unwrap_optimizer(self.optimizer)
+        """Complete a Trainer checkpoint with every branch's optimizer state and the merge history (called on every
+        process: with branch_parallel the branches' states are gathered on the main one)."""
+        states = self._branch_optimizer_states()
+        if not self.args.should_save:
+            return
         metadata = {
             "global_step": self.state.global_step,
             "branches": [dataclasses.asdict(b) for b in self.branches],
@@ -331,7 +347,19 @@ class ForkMergeTrainer(Trainer):
             "auxiliary_ranking": getattr(self, "auxiliary_ranking", None),
         }
         rule = self.gradient_rule.state_dict() if self.gradient_rule is not None else {}
-        save_state(checkpoint_dir, optimizer, self._optimizer_states if forking else [], metadata, rule)
+        save_state(checkpoint_dir, states, metadata, rule)
+
+    def _branch_optimizer_states(self) -> list[dict | None] | None:
+        """Each branch's optimizer state as `optimizer.state_dict()["state"]`, on the main process (None: not
+        started yet); [] for a single-branch baseline, whose state is the Trainer's own optimizer checkpoint."""
+        optimizer = _unwrap_optimizer(self.optimizer)
+        if self.groups:
+            own = {index: {k: v.cpu() if torch.is_tensor(v) else v for k, v in entries.items()}
+                   for index, entries in optimizer.state_dict()["state"].items()}
+            return self.groups.gather_to_main(own)
+        if len(self.branches) == 1:
+            return []
+        return [None if state is None else indexed_state(optimizer, state) for state in self._optimizer_states]
 
     def _restore_run(self, metadata: dict) -> None:
         saved = [Branch(**branch) for branch in metadata["branches"]]
@@ -355,14 +383,6 @@ class ForkMergeTrainer(Trainer):
         if self.gradient_rule is not None:
             self.gradient_rule.load_state_dict(rule)
 
-    def _bytes_to_save(self) -> int:
-        """About what the run writes: the model, and with checkpoints every branch's Adam moments."""
-        model_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        if self.args.save_strategy == "no" or self.args.save_only_model:
-            return model_bytes
-        trainable = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
-        return model_bytes + 2 * trainable * len(self.branches)
-
     def save_merged_model(self, output_dir: str | None = None) -> None:
         """Save a plain model with the LoRA adapter merged into the base weights (`merge_and_unload`)."""
         if not isinstance(self.model, PeftModel):
@@ -378,14 +398,16 @@ class ForkMergeTrainer(Trainer):
     def _steps_per_branch(self) -> int:
         if self.args.max_steps > 0:
             return self.args.max_steps
-        examples_per_step = self.args.per_device_train_batch_size * self.args.world_size
+        examples_per_step = self.args.per_device_train_batch_size * self._processes_per_branch()[1]
         steps_per_epoch = math.ceil(len(self.train_dataset[self.args.target_task]) / examples_per_step)
         steps_per_epoch = math.ceil(steps_per_epoch / self.args.gradient_accumulation_steps)
         return max(1, math.ceil(self.args.num_train_epochs * steps_per_epoch))
 
     def get_train_dataloader(self) -> DataLoader:
         interval = self.args.fork_interval if self.args.method == "forkmerge" else self.steps_per_branch
-        self.segments = fork_rounds(self.steps_per_branch, interval, len(self.branches))
+        trained_here = [self.groups.branch] if self.groups else range(len(self.branches))
+        self.segments = fork_rounds(self.steps_per_branch, interval, trained_here)
+        process_index, num_processes = self._processes_per_branch()
         schedule = BranchSchedule(
             datasets=self.train_dataset,
             collator=self.task_collator,
@@ -395,10 +417,22 @@ class ForkMergeTrainer(Trainer):
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
             weighting=self.args.task_weighting,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            process_index=self.args.process_index,
-            num_processes=self.args.world_size,
+            process_index=process_index,
+            num_processes=num_processes,
         )
         return self._schedule_loader(schedule)
+
+    def _processes_per_branch(self) -> tuple[int, int]:
+        """This process's index among the processes that share its branch's batches, and their number."""
+        if self.groups:
+            return self.groups.rank_in_group, self.groups.group_size
+        return self.args.process_index, self.args.world_size
+
+    def _wrap_model(self, model, training: bool = True, dataloader=None):
+        # Branch-parallel: DDP over the branch's own group; accelerate would average gradients across all branches.
+        if self.groups and training and self.accelerator.unwrap_model(model) is model:
+            return data_parallel_over(model, self.branch_process_group, self.accelerator)
+        return super()._wrap_model(model, training, dataloader)
 
     def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
         # Every micro-batch is a function of its index, so resuming starts the schedule at the right one.
@@ -504,8 +538,12 @@ class ForkMergeTrainer(Trainer):
         return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:  # a training log: add the per-task losses since the last one
-            logs.update({key: torch.stack(values).mean().item() for key, values in self._metrics.items()})
+        if "loss" in logs:  # a training log: add the per-task losses since the last one
+            means = {key: torch.stack(values).mean().item() for key, values in self._metrics.items()}
+            if self.groups:  # every process logs its own branch; the main process reports them all
+                for branch_means in self.groups.gather_to_main(means) or []:
+                    means |= branch_means
+            logs.update(means)
             self._metrics.clear()
         super().log(logs, start_time)
 
@@ -523,7 +561,7 @@ class _ForkMergeLoop(TrainerCallback):
             self.trainer._restore_branch_state()
 
     def on_save(self, args, state, control, **kwargs):
-        if args.should_save and not args.save_only_model:
+        if not args.save_only_model:
             self.trainer.save_branch_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
     @property
@@ -574,6 +612,15 @@ def _prepare_branch_model(model: torch.nn.Module, args: ForkMergeConfig, peft_co
     if not any(isinstance(config, LoraConfig) for config in model.peft_config.values()):
         raise ValueError("branch_type: 'lora' needs a LoRA adapter on the PeftModel")
     return model
+
+
+def _bytes_to_save(model: torch.nn.Module, args: ForkMergeConfig) -> int:
+    """About what the run writes: the model, and with checkpoints every branch's Adam moments."""
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if args.save_strategy == "no" or args.save_only_model:
+        return model_bytes
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return model_bytes + 2 * trainable * args.num_branches
 
 
 def _input_names(model: torch.nn.Module) -> set[str] | None:

@@ -1,7 +1,8 @@
 """A ForkMerge run that tests/test_resume.py kills with SIGKILL at a chosen point, then resumes.
 
 `python resume_worker.py OUTPUT_DIR KILL_POINT` trains (KILL_POINT "none" runs to the end); `... resume` resumes from
-the latest complete checkpoint. The final weights go to OUTPUT_DIR/final.safetensors.
+the latest complete checkpoint. The final weights go to OUTPUT_DIR/final.safetensors. Under torchrun with 2 processes
+the run is branch-parallel (one process per branch) and KILL_POINT is one of PARALLEL_KILL_POINTS.
 """
 
 import os
@@ -10,6 +11,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
@@ -25,6 +27,9 @@ KILL_POINTS = {
     "during_save": ("on_save", 12),  # before ForkMerge's state, the last part of a checkpoint, is written
     "right_after_save": ("on_step_begin", 12),  # the first hook after checkpoint-12 is complete
 }
+
+# Branch-parallel: global_step counts one branch's steps; merges (and checkpoints) at steps 3, 6 and 9.
+PARALLEL_KILL_POINTS = {"branch_parallel_mid_interval": ("on_step_end", 5)}
 
 
 class DropoutModel(nn.Module):
@@ -58,7 +63,10 @@ class Kill(TrainerCallback):
 
 
 def main(output_dir: str, mode: str) -> None:
+    branch_parallel = int(os.environ.get("WORLD_SIZE", "1")) > 1
     args = ForkMergeConfig(
+        branch_parallel=branch_parallel,
+        ddp_backend="gloo" if branch_parallel else None,
         output_dir=output_dir,
         target_task="main",
         fork_interval=3,
@@ -72,7 +80,8 @@ def main(output_dir: str, mode: str) -> None:
         use_cpu=True,
         seed=0,
     )
-    callbacks = [Kill(*KILL_POINTS[mode])] if mode in KILL_POINTS else []
+    kill_points = PARALLEL_KILL_POINTS if branch_parallel else KILL_POINTS
+    callbacks = [Kill(*kill_points[mode])] if mode in kill_points else []
     trainer = ForkMergeTrainer(
         model=DropoutModel(),
         args=args,
@@ -81,7 +90,11 @@ def main(output_dir: str, mode: str) -> None:
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=mode == "resume" or None)
-    save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, os.path.join(output_dir, "final.safetensors"))
+    if args.should_save:
+        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, os.path.join(output_dir, "final.safetensors"))
+    if dist.is_initialized():  # a clean shutdown: without it gloo sometimes aborts at exit
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

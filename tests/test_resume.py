@@ -11,14 +11,15 @@ from safetensors.torch import load_file
 
 from hf_forkmerge.checkpoint import STATE_FILE, complete_checkpoint
 
-from .resume_worker import KILL_POINTS
+from .resume_worker import KILL_POINTS, PARALLEL_KILL_POINTS
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 
 
-def start(output_dir, mode: str) -> subprocess.Popen:
+def start(output_dir, mode: str, processes: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, WORKER, str(output_dir), mode]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [*(launcher if processes > 1 else [sys.executable]), WORKER, str(output_dir), mode]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -58,6 +59,24 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(runs, point):
         assert (actual[name] - tensor).abs().max().item() <= 1e-6, name
     history = json.loads((root / point / "forkmerge_history.json").read_text())
     assert [merge["step"] for merge in history["merges"]] == [6, 12, 18]
+
+
+def test_a_killed_branch_parallel_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    (point,) = PARALLEL_KILL_POINTS
+    reference = start(tmp_path / "uninterrupted", "none", processes=2)
+    returncode, output = finish(start(tmp_path / "killed", point, processes=2))
+    assert returncode != 0, output[-2000:]  # torchrun ends the other process when one is killed
+    assert os.path.basename(complete_checkpoint(str(tmp_path / "killed"), True)) == "checkpoint-3"
+    returncode, output = finish(start(tmp_path / "killed", "resume", processes=2))
+    assert returncode == 0, output[-3000:]
+    returncode, output = finish(reference)
+    assert returncode == 0, output[-3000:]
+    expected = load_file(tmp_path / "uninterrupted" / "final.safetensors")
+    actual = load_file(tmp_path / "killed" / "final.safetensors")
+    for name, tensor in expected.items():
+        assert (actual[name] - tensor).abs().max().item() <= 1e-6, name
+    history = json.loads((tmp_path / "killed" / "forkmerge_history.json").read_text())
+    assert [merge["step"] for merge in history["merges"]] == [3, 6, 9]
 
 
 def test_a_checkpoint_cut_off_while_saving_is_skipped(runs):

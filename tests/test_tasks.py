@@ -20,7 +20,7 @@ def indexed(size, task):
 
 def schedule(branches, weighting="loss", steps=6, interval=3, accumulation=1, rank=0, world=1, batch=2):
     datasets = {"main": indexed(10, "main"), "aux": indexed(50, "aux")}
-    segments = fork_rounds(steps, interval, len(branches))
+    segments = fork_rounds(steps, interval, range(len(branches)))
     return BranchSchedule(
         datasets, TaskCollator(default_data_collator), branches, segments, batch, accumulation, weighting, 0, rank, world
     )
@@ -30,7 +30,7 @@ TWO = [Branch("target", {"main": 1.0}), Branch("joint", {"main": 1.0, "aux": 1.0
 
 
 def test_fork_rounds_cover_the_run_with_a_short_last_round():
-    segments = fork_rounds(steps_per_branch=7, fork_interval=3, num_branches=2)
+    segments = fork_rounds(steps_per_branch=7, fork_interval=3, branches=range(2))
     assert [(s.round, s.branch, s.first_step, s.length, s.timeline_start) for s in segments] == [
         (0, 0, 0, 3, 0), (0, 1, 3, 3, 0), (1, 0, 6, 3, 3), (1, 1, 9, 3, 3), (2, 0, 12, 1, 6), (2, 1, 13, 1, 6),
     ]
@@ -100,3 +100,17 @@ def test_task_dataset_checks():
     with pytest.raises(ValueError, match="no model inputs"):
         as_task_dataset("t", data, {"labels", "task"}, "train_dataset")
     assert np.array_equal(tagged["task"], ["t"])
+
+
+def test_a_branch_parallel_process_gets_the_batches_its_branch_gets_in_a_sequential_run():
+    sequential = schedule(TWO, steps=7)
+    datasets = {"main": indexed(10, "main"), "aux": indexed(50, "aux")}
+    joint_only = BranchSchedule(
+        datasets, TaskCollator(default_data_collator), TWO, fork_rounds(7, 3, [1]), 2, 1, "loss", 0, 0, 1
+    )
+    assert len(joint_only) == 7
+    joint_steps = [3, 4, 5, 9, 10, 11, 13]  # the joint branch's steps of the sequential run
+    for parallel_step, sequential_step in enumerate(joint_steps):
+        expected, actual = sequential[sequential_step], joint_only[parallel_step]
+        assert set(actual) == {"main", "aux"}
+        assert all(torch.equal(actual[t]["x"], expected[t]["x"]) for t in actual)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -291,3 +292,24 @@ def test_a_diverged_branch_is_left_out_of_the_merge_and_training_goes_on(tmp_pat
 def test_training_stops_clearly_when_every_branch_diverges(tmp_path, linear_data):
     with pytest.raises(FloatingPointError, match="every branch \\(target, joint\\) has non-finite weights"):
         run(tmp_path, linear_data, ["main", "helpful"], model=PoisonedAuxiliaryModel(), learning_rate=float("inf"))
+
+
+def trainer_for(tmp_path, linear_data, **fields):
+    return ForkMergeTrainer(
+        model=SharedHeadModel(),
+        args=make_args(tmp_path, **fields),
+        train_dataset={t: linear_data["train"][t] for t in ("main", "helpful")},
+        eval_dataset=linear_data["eval"],
+    )
+
+
+def test_a_full_disk_is_reported_before_training(tmp_path, linear_data, monkeypatch):
+    monkeypatch.setattr("hf_forkmerge.files.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(OSError, match=r"output_dir: .*out has 0 MiB free, but saving this run needs about"):
+        trainer_for(tmp_path, linear_data, save_strategy="epoch")
+
+
+def test_an_unwritable_output_dir_is_reported_before_training(tmp_path, linear_data):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"output_dir: cannot write to .*a_file/out: Not a directory"):
+        trainer_for(tmp_path, linear_data, output_dir=str(tmp_path / "a_file" / "out"))
