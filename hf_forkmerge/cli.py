@@ -63,13 +63,18 @@ def _run(options, overrides) -> int:
     from .recipes import load_recipe
 
     recipe = load_recipe(options.config, overrides)  # every recipe error surfaces here, before any model loads
+    from accelerate import PartialState
+
     from . import runner
 
     if options.command == "compare":
         comparison = runner.compare_recipe(recipe, methods=options.methods)
-        print(runner.comparison_table(comparison))
+        if PartialState().is_main_process:  # under accelerate launch / torchrun every process gets here
+            print(runner.comparison_table(comparison))
         return 0
     result = runner.train_recipe(recipe, push=options.push_to_hub, hub_model_id=options.hub_model_id)
+    if not PartialState().is_main_process:
+        return 0
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     print(f"target {recipe.target} on {result['split']}: {metrics} ({result['seconds']:.1f} s of training)")
     if "pushed_to" in result:

@@ -88,6 +88,12 @@ class ForkMergeTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
+        if (self.is_fsdp_enabled or self.is_deepspeed_enabled) and args.method not in ("stl", "ew"):
+            raise ValueError(
+                f"method: {args.method!r} with FSDP or DeepSpeed is not supported yet: branch snapshots, merges and "
+                "per-branch optimizer states are written for whole (unsharded) tensors. Use DDP (with branch_type='lora' "
+                "to keep each branch small), or method 'stl' / 'ew'"
+            )
         self.task_collator = TaskCollator(self.data_collator)
         self.groups = None  # with branch_parallel: which branch this process trains, and with whom
         if args.branch_parallel:

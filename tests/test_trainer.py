@@ -313,3 +313,17 @@ def test_an_unwritable_output_dir_is_reported_before_training(tmp_path, linear_d
     (tmp_path / "a_file").write_text("")
     with pytest.raises(OSError, match=r"output_dir: cannot write to .*a_file/out: Not a directory"):
         trainer_for(tmp_path, linear_data, output_dir=str(tmp_path / "a_file" / "out"))
+
+
+def test_sharded_training_is_refused_clearly_where_branches_need_whole_tensors(tmp_path, linear_data, monkeypatch):
+    # FSDP cannot start on CPU, so the Trainer is made to believe that accelerate set it up.
+    create = ForkMergeTrainer.create_accelerator_and_postprocess
+
+    def with_fsdp(self):
+        create(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(ForkMergeTrainer, "create_accelerator_and_postprocess", with_fsdp)
+    with pytest.raises(ValueError, match="method: 'forkmerge' with FSDP or DeepSpeed is not supported yet"):
+        trainer_for(tmp_path, linear_data)
+    assert trainer_for(tmp_path, linear_data, method="ew").is_fsdp_enabled  # the single-branch baselines run as usual
