@@ -25,10 +25,10 @@ SETTINGS = ("sequential", "branch-parallel", "ew")
 BATCH_PER_BRANCH = 16
 
 
-def worker(setting: str, steps: int, interval: int) -> dict | None:
+def worker(setting: str, steps: int, interval: int, weighting: str) -> dict | None:
     import torch
     import torch.distributed as dist
-    from common import training_kwargs
+    from common import time_merges, training_kwargs
     from transformers import logging, set_seed
 
     from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer
@@ -49,21 +49,14 @@ def worker(setting: str, steps: int, interval: int) -> dict | None:
         max_steps=steps,
         fork_interval=interval,
         branch_parallel=branch_parallel,
+        task_weighting=weighting,
         ddp_backend="gloo",
         **training_kwargs(per_device_train_batch_size=per_device),
     )
     trainer = ForkMergeTrainer(
         model=build_model(recipe), args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer
     )
-    merge_seconds = []
-    merge = trainer.merge
-
-    def timed_merge(round_index):
-        start = time.perf_counter()
-        merge(round_index)
-        merge_seconds.append(time.perf_counter() - start)
-
-    trainer.merge = timed_merge
+    merge_seconds = time_merges(trainer)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
@@ -84,10 +77,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=90, help="optimizer steps per branch")
     parser.add_argument("--fork-interval", type=int, default=30)
+    parser.add_argument(
+        "--task-weighting", choices=("loss", "sampling"), default="loss",
+        help="loss: a joint step trains every task (the joint branch costs 3x the target's); sampling: one task per step",
+    )
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        result = worker(options.worker, options.steps, options.fork_interval)
+        result = worker(options.worker, options.steps, options.fork_interval, options.task_weighting)
         if result is not None:
             print(json.dumps(result))
         return
@@ -96,14 +93,16 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     for setting in SETTINGS:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
-                   "--worker", setting, "--steps", str(options.steps), "--fork-interval", str(options.fork_interval)]
+                   "--worker", setting, "--steps", str(options.steps), "--fork-interval", str(options.fork_interval),
+                   "--task-weighting", options.task_weighting]
         output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
         results[setting] = json.loads(output.strip().splitlines()[-1])
         print(f"measured {setting}: {results[setting]}", flush=True)
 
     sequential, ew = results["sequential"]["interval_s"], results["ew"]["interval_s"]
     print(f"\n2 processes (gloo), {os.cpu_count()} CPU cores; 2 branches, {options.steps} steps per branch, fork interval "
-          f"{options.fork_interval}, {BATCH_PER_BRANCH} examples per task and step per branch\n")
+          f"{options.fork_interval}, {BATCH_PER_BRANCH} examples per task and step per branch, task_weighting "
+          f"{options.task_weighting}\n")
     print("| setting | training time per fork interval (s) | vs sequential | vs one EW interval | search + merge (s) |")
     print("|---|---|---|---|---|")
     for setting, result in results.items():

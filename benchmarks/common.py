@@ -23,6 +23,19 @@ class StepTimer(TrainerCallback):
         return statistics.median(self.durations[2:])  # the first steps warm up the allocator
 
 
+def time_merges(trainer) -> list[float]:
+    """Wrap `trainer.merge` (search + merge) to record how long each one takes; returns the list it fills."""
+    seconds, merge = [], trainer.merge
+
+    def timed_merge(round_index):
+        start = time.perf_counter()
+        merge(round_index)
+        seconds.append(time.perf_counter() - start)
+
+    trainer.merge = timed_merge
+    return seconds
+
+
 class TaskPadding:
     """A plain Trainer's collator for a MultiTaskModel trained on one task: pad, and name the task."""
 

@@ -22,7 +22,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from common import StepTimer, TaskPadding, training_kwargs  # noqa: E402
+from common import StepTimer, TaskPadding, time_merges, training_kwargs  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, logging, set_seed  # noqa: E402
 
 from hf_forkmerge import ForkMergeConfig, ForkMergeTrainer  # noqa: E402
@@ -45,15 +45,7 @@ def forkmerge_run(tokenizer, train, validation, method: str, steps: int, **field
         processing_class=tokenizer,
         callbacks=[timer],
     )
-    merge_seconds = []
-    merge = trainer.merge
-
-    def timed_merge(round_index):
-        start = time.perf_counter()
-        merge(round_index)
-        merge_seconds.append(time.perf_counter() - start)
-
-    trainer.merge = timed_merge
+    merge_seconds = time_merges(trainer)
     start = time.perf_counter()
     trainer.train()
     return {"wall_s": time.perf_counter() - start, "step_s": timer.median(), "merge_s": sum(merge_seconds)}
