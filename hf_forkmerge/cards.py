@@ -81,7 +81,7 @@ def push_to_hub(output_dir: str | Path, repo_id: str, token: str | None = None, 
         raise HubPushError(
             f"push to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}). "
             f"Nothing local was changed: the trained model is in {output_dir}; push it later with "
-            f"`huggingface-cli upload {repo_id} {output_dir}`."
+            f"`hf-forkmerge push {output_dir} --hub_model_id {repo_id}`."
         ) from error
     return getattr(commit, "commit_url", None) or f"{repo_id}"
 

@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   hf-forkmerge train --config recipes/minilm/forkmerge/lora.yaml --tasks.sentiment.data.num_train 200
   hf-forkmerge compare --config recipes/minilm/forkmerge/demo.yaml
   hf-forkmerge card out/demo
+  hf-forkmerge push out/demo --hub_model_id me/demo-forkmerge
   accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m hf_forkmerge.cli train --config ...
 
 Any recipe value can be overridden: --KEY VALUE sets training.KEY (or a top-level key), --a.b.c VALUE sets a nested
@@ -33,13 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     card = commands.add_parser("card", help="render the model card of a finished run again")
     card.add_argument("output_dir")
     card.add_argument("--hub_model_id", help="the repo name to show in the card")
+    push = commands.add_parser("push", help="upload a finished run to the Hub (e.g. again, after a failed push)")
+    push.add_argument("output_dir")
+    push.add_argument("--hub_model_id", required=True, help="the Hub repo, e.g. me/my-forkmerge-model")
+    push.add_argument("--hub_token", help="a Hub token (default: the one `hf auth login` saved)")
+    push.add_argument("--hub_private_repo", action="store_true", default=None, help="create the repo as private")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     options, overrides = parser.parse_known_args(argv)
-    if overrides and options.command == "card":
+    if overrides and options.command in ("card", "push"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         return _run(options, overrides)
@@ -54,10 +60,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(options, overrides) -> int:
-    if options.command == "card":
-        from .cards import write_card
+    if options.command in ("card", "push"):
+        from .cards import push_to_hub, write_card
 
-        print(write_card(options.output_dir, repo_id=options.hub_model_id))
+        try:
+            card = write_card(options.output_dir, repo_id=options.hub_model_id)  # with push: the snippet names the repo
+        except FileNotFoundError as error:
+            print(f"hf-forkmerge: error: {error}", file=sys.stderr)
+            return 2
+        if options.command == "card":
+            print(card)
+        else:
+            pushed = push_to_hub(options.output_dir, options.hub_model_id, options.hub_token, options.hub_private_repo)
+            print(f"pushed to {pushed}")
         return 0
 
     from .recipes import load_recipe

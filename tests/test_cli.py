@@ -143,6 +143,33 @@ def test_offline_push_fails_clearly_and_keeps_the_local_result(recipe_path, tmp_
     assert "push to the Hub repo 'me/tiny' failed" in finished.stderr
     assert "the trained model is in" in finished.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
+    retry = f"hf-forkmerge push {tmp_path / 'out'} --hub_model_id me/tiny"
+    assert retry in finished.stderr  # the message says how to push again
+
+
+def test_push_command_uploads_a_finished_run(recipe_path, tmp_path, monkeypatch, capsys):
+    assert main(["train", "--config", str(recipe_path)]) == 0
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads.append(("create_repo", repo_id, private, self.token))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
+            uploads.append(("upload_folder", repo_id, folder_path))
+
+    monkeypatch.setattr(cards, "HfApi", FakeApi)
+    out = tmp_path / "out"
+    assert main(["push", str(out), "--hub_model_id", "me/again", "--hub_token", "t0k", "--hub_private_repo"]) == 0
+    assert uploads == [("create_repo", "me/again", True, "t0k"), ("upload_folder", "me/again", str(out))]
+    assert "MultiTaskModel.from_pretrained('me/again')" in (out / "README.md").read_text()  # the card names the repo
+    assert "pushed to me/again" in capsys.readouterr().out
+
+    assert main(["push", str(tmp_path), "--hub_model_id", "me/again"]) == 2  # not a run's folder: nothing is sent
+    assert "no forkmerge_history.json" in capsys.readouterr().err and len(uploads) == 2
 
 
 def test_compare_trains_every_method_on_one_budget(recipe_path, tmp_path, capsys):
