@@ -12,7 +12,8 @@ are fixed (seed 0); each seed changes the initialisation and the order of batche
 accuracy, mean +- standard deviation over the seeds; the plot is written to benchmarks/quality.png.
 
 Run: `.venv/bin/python benchmarks/quality.py` (about 35 minutes on 2 cores) or `--quick` (under 5 minutes: fewer
-steps, 2 seeds). `bash benchmarks/install_data.sh` installs the Debian data packages where apt is available.
+steps, 2 seeds; written to quality_quick.*). `bash benchmarks/install_data.sh` installs the Debian data packages where
+apt is available.
 """
 
 import argparse
@@ -97,8 +98,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 2 with --quick)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--output", default=str(HERE / "quality"), help="prefix of the .json, .md and .png written")
+    parser.add_argument(
+        "--output", help="prefix of the .json, .md and .png written (default benchmarks/quality, with --quick "
+        "benchmarks/quality_quick: a smoke run never overwrites the published tables)"
+    )
     options = parser.parse_args()
+    options.output = options.output or str(HERE / ("quality_quick" if options.quick else "quality"))
     logging.set_verbosity_error()
     seeds = range(options.seeds or (2 if options.quick else 3))
 
