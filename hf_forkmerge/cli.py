@@ -82,20 +82,22 @@ def _run(options, overrides) -> int:
 
     from . import runner
 
+    state = PartialState()  # under accelerate launch / torchrun every process gets here; the main one prints
     if options.command == "compare":
         comparison = runner.compare_recipe(recipe, methods=options.methods)
-        if PartialState().is_main_process:  # under accelerate launch / torchrun every process gets here
+        if state.is_main_process:
             print(runner.comparison_table(comparison))
-        return 0
-    result = runner.train_recipe(recipe, push=options.push_to_hub, hub_model_id=options.hub_model_id)
-    if not PartialState().is_main_process:
-        return 0
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    print(f"target {recipe.target} on {result['split']}: {metrics} ({result['seconds']:.1f} s of training)")
-    if "pushed_to" in result:
-        print(f"pushed to {result['pushed_to']}")
+    else:
+        result = runner.train_recipe(recipe, push=options.push_to_hub, hub_model_id=options.hub_model_id)
+        if state.is_main_process:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+            print(f"target {recipe.target} on {result['split']}: {metrics} ({result['seconds']:.1f} s of training)")
+            if "pushed_to" in result:
+                print(f"pushed to {result['pushed_to']}")
+    # Leave together and close the process group: without this, gloo now and then aborts at exit.
+    state.wait_for_everyone()
+    state.destroy_process_group()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,7 +54,8 @@ def fit(recipe: Recipe, data, **training) -> tuple[ForkMergeTrainer, dict]:
     metrics = trainer.evaluate({recipe.target: evaluation[recipe.target]}, metric_key_prefix=split)
     prefix = f"{split}_{recipe.target}_"
     kept = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
-    scores = {k: v for k, v in kept.items() if k != "runtime" and "per_second" not in k}
+    timings = ("runtime", "model_preparation_time")  # the Trainer's speed figures, not scores
+    scores = {k: v for k, v in kept.items() if k not in timings and "per_second" not in k}
     return trainer, {"split": split, "metrics": scores, "seconds": seconds}
 
 

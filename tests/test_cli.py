@@ -172,6 +172,19 @@ def test_push_command_uploads_a_finished_run(recipe_path, tmp_path, monkeypatch,
     assert "no forkmerge_history.json" in capsys.readouterr().err and len(uploads) == 2
 
 
+def test_train_under_torchrun_in_branch_parallel_mode(recipe_path, tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "hf_forkmerge.cli", "train", "--config", str(recipe_path), "--branch_parallel", "true", "--ddp_backend", "gloo"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.count("target main on test:") == 1  # printed by the main process only
+    out = tmp_path / "out"
+    assert len(json.loads((out / "forkmerge_history.json").read_text())["merges"]) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"][0]["metrics"]) == {"accuracy", "loss"}  # the Trainer's timings are no scores
+
+
 def test_compare_trains_every_method_on_one_budget(recipe_path, tmp_path, capsys):
     assert main(["compare", "--config", str(recipe_path)]) == 0
     table = capsys.readouterr().out
