@@ -46,6 +46,10 @@ class BranchStore(ABC):
     def load(self, branch: int) -> None:
         self.load_state(self.slots[branch])
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the live branch tensors, e.g. to come back to later with `load_state`."""
+        return self._copy(self.live)
+
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, tensor in self.live.items():

@@ -59,6 +59,13 @@ class ForkMergeConfig(TrainingArguments):
         default="full",
         metadata={"help": "full: a branch is a copy of the trainable weights; lora: a branch is a LoRA adapter on one frozen base (pass peft_config to the trainer)."},
     )
+    branch_checkpoint: Literal["last", "best"] = field(
+        default="last",
+        metadata={"help": "Which state of each branch enters the merge: the last of its stretch, or the best on the target's validation set among those scored every branch_eval_steps (and at the end of the stretch), as the reference code merges each branch's best checkpoint."},
+    )
+    branch_eval_steps: int | None = field(
+        default=None, metadata={"help": "With branch_checkpoint='best': score the branch in training every this many of its optimizer steps."}
+    )
     offload_inactive_branches: bool = field(
         default=False, metadata={"help": "Keep the weights and optimizer state of branches not in training on the CPU."}
     )
@@ -112,6 +119,10 @@ class ForkMergeConfig(TrainingArguments):
             self.topk = sorted(self.topk)
         if self.branch_parallel and self.method != "forkmerge":
             raise ValueError(f"branch_parallel: only for method 'forkmerge'; method {self.method!r} trains one branch")
+        if self.branch_checkpoint not in ("last", "best"):
+            raise ValueError(f"branch_checkpoint: must be 'last' or 'best', got {self.branch_checkpoint!r}")
+        if self.branch_checkpoint == "best":
+            self._validate_best_branch_checkpoint()
         if self.branch_parallel and self.offload_inactive_branches:
             raise ValueError(
                 "offload_inactive_branches: not with branch_parallel: the merge exchanges the branches between "
@@ -128,6 +139,21 @@ class ForkMergeConfig(TrainingArguments):
                         f"other) so that it falls on a merge, got "
                         f"{steps}; or use {strategy}='epoch' to act after every merge"
                     )
+
+    def _validate_best_branch_checkpoint(self) -> None:
+        if self.method != "forkmerge":
+            raise ValueError(f"branch_checkpoint: 'best' is for method 'forkmerge'; method {self.method!r} never merges")
+        if self.branch_parallel:
+            raise ValueError(
+                "branch_checkpoint: 'best' is not supported with branch_parallel: each group would need its own "
+                "validation reduce"
+            )
+        steps = self.branch_eval_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps < self.fork_interval:
+            raise ValueError(
+                f"branch_eval_steps: with branch_checkpoint='best', a whole number of steps >= 1 and below fork_interval "
+                f"({self.fork_interval}), got {steps!r}"
+            )
 
     def _validate_branches(self) -> None:
         if not isinstance(self.branches, list) or not self.branches:

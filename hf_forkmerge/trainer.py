@@ -134,6 +134,8 @@ class ForkMergeTrainer(Trainer):
         self._optimizer_states = [None] * len(self.branches)
         self._scheduler_states = [self.lr_scheduler.state_dict() for _ in self.branches]
         self.active = self.groups.branch if self.groups else 0
+        self._best_in_stretch: _ScoredState | None = None  # with branch_checkpoint="best"
+        self._kept_steps = [0] * len(self.branches)  # the step of each branch's state that enters the next merge
 
     def end_segment(self, segment, is_last: bool) -> bool:
         """Called when a branch finishes its stretch of a round; merges at the end of the round. True if it merged."""
@@ -142,6 +144,8 @@ class ForkMergeTrainer(Trainer):
             self.groups.exchange(self.store.slots)
             self.merge(segment.round)
             return True
+        if self.args.branch_checkpoint == "best":
+            self._roll_back_to_best(segment.branch)
         self._stash(segment.branch)
         merged = segment.branch == len(self.branches) - 1
         if merged:
@@ -149,6 +153,18 @@ class ForkMergeTrainer(Trainer):
         if not is_last:
             self._activate(0 if merged else segment.branch + 1)
         return merged
+
+    def score_branch(self) -> None:
+        """With branch_checkpoint="best": score the branch in training on the target's validation set and keep its
+        weights if they are the best of its stretch so far."""
+        score, best = self._score_live_model(), self._best_in_stretch
+        if best is None or (score > best.score if self._greater_is_better else score < best.score):
+            self._best_in_stretch = _ScoredState(score, self.state.global_step, self.store.snapshot())
+
+    def _roll_back_to_best(self, branch: int) -> None:
+        best, self._best_in_stretch = self._best_in_stretch, None
+        self.store.load_state(best.weights)
+        self._kept_steps[branch] = best.step
 
     def merge(self, round_index: int) -> None:
         """Search the branch weights on the target validation set, then every branch continues from the merge."""
@@ -283,6 +299,8 @@ class ForkMergeTrainer(Trainer):
             "diverged": diverged,
             **report,
         }
+        if self.args.branch_checkpoint == "best":
+            record["kept_steps"] = list(self._kept_steps)
         self.merge_history.append(record)
         self.state.log_history.append({"forkmerge_merge": record, "step": self.state.global_step})
         weights = {f"merge/weight/{name}": weight for name, weight in zip(names, result.weights)}
@@ -583,6 +601,10 @@ class _ForkMergeLoop(TrainerCallback):
         if not self.forking:
             return
         segment = segment_at(trainer.segments, state.global_step - 1)
+        if args.branch_checkpoint == "best":
+            into_stretch = state.global_step - segment.first_step
+            if into_stretch % args.branch_eval_steps == 0 or state.global_step == segment.end_step:
+                trainer.score_branch()
         if state.global_step != segment.end_step:
             return
         is_last = segment.end_step == trainer.segments[-1].end_step
@@ -590,6 +612,13 @@ class _ForkMergeLoop(TrainerCallback):
             # With ForkMerge an "epoch" of the eval/save strategies is one fork round; the last one ends the epoch.
             control.should_evaluate |= args.eval_strategy == "epoch"
             control.should_save |= args.save_strategy == "epoch"
+
+
+@dataclasses.dataclass
+class _ScoredState:
+    score: float
+    step: int  # the Trainer's global step at which the branch had these weights
+    weights: dict[str, torch.Tensor]
 
 
 def _prepare_branch_model(model: torch.nn.Module, args: ForkMergeConfig, peft_config):

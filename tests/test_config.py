@@ -37,6 +37,11 @@ def test_defaults_are_the_papers_two_branches(tmp_path):
         ({"pruning_steps": 0}, "pruning_steps"),
         ({"eval_strategy": "steps", "eval_steps": 150, "fork_interval": 100}, "eval_steps"),
         ({"save_strategy": "steps", "save_steps": 100, "fork_interval": 100}, "save_steps"),
+        ({"branch_checkpoint": "first"}, "branch_checkpoint"),
+        ({"branch_checkpoint": "best"}, "branch_eval_steps"),
+        ({"branch_checkpoint": "best", "branch_eval_steps": 100, "fork_interval": 100}, "branch_eval_steps"),
+        ({"branch_checkpoint": "best", "branch_eval_steps": 10, "method": "ew"}, "branch_checkpoint"),
+        ({"branch_checkpoint": "best", "branch_eval_steps": 10, "branch_parallel": True}, "branch_checkpoint"),
     ],
 )
 def test_invalid_combinations_name_the_field(tmp_path, fields, field_name):

@@ -119,6 +119,42 @@ def test_merge_history_is_logged_and_written(tmp_path, linear_data):
     assert any("target/main_loss" in entry for entry in trainer.state.log_history)
 
 
+def test_best_branch_checkpoint_merges_each_branch_at_its_best_scored_step(tmp_path, linear_data):
+    class Recording(ForkMergeTrainer):
+        scored, before_merge = [], []
+
+        def score_branch(self):
+            super().score_branch()
+            self.scored.append((self.state.global_step, self._score_live_model(), weights_of(self.model)))
+
+        def search(self, branches):
+            self.before_merge.append([{k: v.clone() for k, v in slot.items()} for slot in self.store.slots])
+            return super().search(branches)
+
+    fork_interval, eval_steps = 6, 2
+    args = make_args(tmp_path, max_steps=12, fork_interval=fork_interval, learning_rate=0.5, branch_checkpoint="best",
+                     branch_eval_steps=eval_steps)
+    trainer = Recording(
+        model=SharedHeadModel(),
+        args=args,
+        train_dataset={t: linear_data["train"][t] for t in ("main", "harmful")},
+        eval_dataset=linear_data["eval"],
+    )
+    trainer.train()
+    assert [step for step, _, _ in trainer.scored] == list(range(eval_steps, 25, eval_steps))  # 3 scores per stretch
+    rolled_back = 0
+    for round_index, merge in enumerate(trainer.merge_history):
+        for branch in range(2):
+            first = (2 * round_index + branch) * fork_interval
+            stretch = [entry for entry in trainer.scored if first < entry[0] <= first + fork_interval]
+            step, _, weights = min(stretch, key=lambda entry: entry[1])
+            assert merge["kept_steps"][branch] == step
+            for name, tensor in weights.items():
+                assert torch.equal(trainer.before_merge[round_index][branch][name], tensor)
+            rolled_back += step != first + fork_interval
+    assert rolled_back  # some branch was merged at a state before the end of its stretch
+
+
 def test_metric_criterion(tmp_path, linear_data):
     def accuracy(prediction):
         return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
