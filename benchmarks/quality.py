@@ -35,6 +35,14 @@ from hf_forkmerge.runner import METHOD_LABELS, fit, method_overrides  # noqa: E4
 HERE = Path(__file__).parent
 SETTINGS = ("nlp", "vision", "control")
 METHODS = ("stl", "ew", "gcs", "pcgrad", "uw", "forkmerge")
+# ForkMerge with another setting, measured beside the methods when --methods names it: label, fields from `training`.
+VARIANTS = {
+    "forkmerge_best": (
+        "ForkMerge (best)",
+        lambda training: {"branch_checkpoint": "best", "branch_eval_steps": training["fork_interval"] // 5},
+    ),
+}
+LABELS = {**METHOD_LABELS, **{name: label for name, (label, _) in VARIANTS.items()}}
 QUICK = {  # steps per branch and fork interval per setting in --quick mode
     "nlp": [
         *("--max_steps", "30", "--fork_interval", "15", "--learning_rate", "3e-4"),
@@ -62,7 +70,11 @@ def available_recipe(setting: str, quick: bool):
 
 
 def run(recipe, data, method: str, seed: int) -> float:
-    result = fit(recipe, data, **method_overrides(method), seed=seed, output_dir=tempfile.mkdtemp())[1]
+    if method in VARIANTS:
+        fields = {**method_overrides("forkmerge"), **VARIANTS[method][1](recipe.data["training"])}
+    else:
+        fields = method_overrides(method)
+    result = fit(recipe, data, **fields, seed=seed, output_dir=tempfile.mkdtemp())[1]
     return result["metrics"]["accuracy"]
 
 
@@ -76,10 +88,10 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.2), squeeze=False)
     for axis, setting in zip(axes[0], settings):
         rows = results[setting]["methods"]
-        labels = [METHOD_LABELS[m] for m in rows]
+        labels = [LABELS[m] for m in rows]
         means = [statistics.mean(rows[m]) for m in rows]
         errors = [statistics.stdev(rows[m]) if len(rows[m]) > 1 else 0.0 for m in rows]
-        colors = ["#cc6633" if m == "forkmerge" else "#8899aa" for m in rows]
+        colors = ["#cc6633" if m.startswith("forkmerge") else "#8899aa" for m in rows]
         axis.bar(labels, means, yerr=errors, color=colors, capsize=3)
         low = min(m - e for m, e in zip(means, errors))
         high = max(m + e for m, e in zip(means, errors))
@@ -97,7 +109,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and 2 seeds: under 5 minutes")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 2 with --quick)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *VARIANTS])
     parser.add_argument(
         "--output", help="prefix of the .json, .md and .png written (default benchmarks/quality, with --quick "
         "benchmarks/quality_quick: a smoke run never overwrites the published tables)"
@@ -117,7 +129,7 @@ def main() -> None:
         for seed in seeds:
             for method in options.methods:
                 scores[method].append(run(recipe, data, method, seed))
-                print(f"{setting} seed {seed} {METHOD_LABELS[method]}: {scores[method][-1]:.4f}", flush=True)
+                print(f"{setting} seed {seed} {LABELS[method]}: {scores[method][-1]:.4f}", flush=True)
         steps = recipe.data["training"]["max_steps"]
         results[setting] = {"target": recipe.target, "tasks": list(recipe.data["tasks"]), "steps": steps, "methods": scores}
         write_results(results, options, len(seeds), time.perf_counter() - start)  # after each setting: partial results survive
@@ -125,7 +137,7 @@ def main() -> None:
 
 def write_results(results: dict, options, num_seeds: int, seconds: float) -> None:
     lines = [f"Target test accuracy, mean +- std over {num_seeds} seeds ({seconds:.0f} s in all):", ""]
-    lines.append("| setting (target; tasks; steps per branch) | " + " | ".join(METHOD_LABELS[m] for m in options.methods) + " |")
+    lines.append("| setting (target; tasks; steps per branch) | " + " | ".join(LABELS[m] for m in options.methods) + " |")
     lines.append("|---|" + "---|" * len(options.methods))
     for setting, result in results.items():
         cells = []

@@ -99,5 +99,6 @@ def _run(options, overrides) -> int:
     state.destroy_process_group()
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,10 +35,6 @@ def greedy_search(
     """
     if not branch_scores:
         raise ValueError("greedy_search needs at least one branch")
-
-    def better(a: float, b: float) -> bool:
-        return a > b if greater_is_better else a < b
-
     order = sorted(range(len(branch_scores)), key=lambda i: branch_scores[i], reverse=greater_is_better)
     weights = [0.0] * len(branch_scores)
     weights[order[0]] = 1.0
@@ -55,10 +51,15 @@ def greedy_search(
             trial = _normalised(trial)
             trial_score = score(trial)
             candidates.append(Candidate(trial, trial_score))
-            if better(trial_score, best):
+            if improves(trial_score, best, greater_is_better):
                 best, best_weights = trial_score, trial
         weights = best_weights
     return SearchResult(weights=weights, score=best, candidates=candidates)
+
+
+def improves(score: float, best: float, greater_is_better: bool) -> bool:
+    """Whether `score` is strictly better than `best` (a NaN score never is)."""
+    return score > best if greater_is_better else score < best
 
 
 def _one_hot(size: int, index: int) -> list[float]:

@@ -25,7 +25,7 @@ from .checkpoint import complete_checkpoint, indexed_state, load_state, read_met
 from .files import check_output_dir, write_text_atomic
 from .modeling import MultiTaskModel
 from .parallel import BranchGroups, data_parallel_over
-from .search import Candidate, SearchResult, greedy_search
+from .search import Candidate, SearchResult, greedy_search, improves
 from .tasks import (
     TASK_COLUMN,
     Branch,
@@ -158,7 +158,7 @@ class ForkMergeTrainer(Trainer):
         """With branch_checkpoint="best": score the branch in training on the target's validation set and keep its
         weights if they are the best of its stretch so far."""
         score, best = self._score_live_model(), self._best_in_stretch
-        if best is None or (score > best.score if self._greater_is_better else score < best.score):
+        if best is None or improves(score, best.score, self._greater_is_better):
             self._best_in_stretch = _ScoredState(score, self.state.global_step, self.store.snapshot())
 
     def _roll_back_to_best(self, branch: int) -> None:
