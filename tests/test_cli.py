@@ -100,6 +100,7 @@ def test_train_writes_model_recipe_results_history_and_card(recipe_path, tmp_pat
     assert card.count("\n| 2 | 24 |") == 1  # the third merge's row: round 2 at Trainer step 24
     assert "![Merge weights over training](merge_weights.png)" in card and "jiang2023forkmerge" in card
     assert "max_steps: 12" in card
+    assert "using hf-forkmerge 0.1.0:" in card  # the version that trained it, no link to a home it does not have
 
     (out / "README.md").unlink()
     assert main(["card", str(out), "--hub_model_id", "me/tiny-forkmerge"]) == 0
