@@ -38,9 +38,16 @@ FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "p
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, reading 5e-5 as a number as YAML 1.2 does (YAML 1.1 wants 5.0e-5, or it is a string)."""
+    """YAML's safe loader with YAML 1.2's plain scalars: 5e-5 is a number (YAML 1.1 wants 5.0e-5, or it is a string)
+    and only true/false are booleans (YAML 1.1 also reads no, yes, on and off, so `--save_strategy no` was False)."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -167,6 +174,7 @@ def _validate(recipe: Recipe) -> None:
     _validate_training(recipe, training)
     if data.get("lora") is not None:
         _validate_lora(recipe, _mapping(recipe, ("lora",), data["lora"]))
+    build_config(recipe)  # the configs' own checks, of values and their combinations
 
 
 def _validate_model(recipe: Recipe, model: dict) -> None:
@@ -362,8 +370,19 @@ def build_config(recipe: Recipe, **training_overrides):
         from peft import LoraConfig
 
         training.setdefault("branch_type", "lora")
-        peft_config = LoraConfig(**recipe.data["lora"])
-    return ForkMergeConfig(**training), peft_config, push_to_hub, hub_model_id
+        peft_config = _built(recipe, ("lora",), LoraConfig, recipe.data["lora"])
+    return _built(recipe, ("training",), ForkMergeConfig, training), peft_config, push_to_hub, hub_model_id
+
+
+def _built(recipe: Recipe, section: tuple, config_class, fields: dict):
+    """config_class(**fields), its errors as recipe errors: at the field that a message starts with, if it names one."""
+    try:
+        return config_class(**fields)
+    except (ValueError, TypeError) as error:
+        field, _, reason = str(error).partition(": ")
+        if reason and field in {f.name for f in dataclasses.fields(config_class)}:
+            _fail(recipe, (*section, field), reason)
+        _fail(recipe, section, str(error))
 
 
 def build_data(recipe: Recipe):

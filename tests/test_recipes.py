@@ -54,6 +54,9 @@ def test_overrides(tmp_path):
     nested = load_recipe(path, ["--tasks.main.num_labels", "3"])
     assert nested.data["tasks"]["main"]["num_labels"] == 3
     assert load_recipe(path, ["--learning_rate", "3e-4"]).data["training"]["learning_rate"] == 3e-4
+    # YAML 1.2 booleans only: `no` is the strategy's name, not False
+    assert load_recipe(path, ["--save_strategy", "no"]).data["training"]["save_strategy"] == "no"
+    assert load_recipe(path, ["--disable_tqdm", "true"]).data["training"]["disable_tqdm"] is True
 
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
@@ -99,6 +102,9 @@ MALFORMED = {
     "unknown lora key": (mutate(lambda r: r.update(lora={"rank": 8})), r"lora.rank: not a LoraConfig field"),
     "branch names unknown task": (mutate(lambda r: r["training"].update(branches=[{"main": 1}, {"main": 1, "mian": 1}])), r"training.branches: branch 1 names unknown task 'mian'"),
     "negative max_length": (mutate(lambda r: r.update(max_length=-3)), r"max_length: must be a whole number"),
+    "config check of a value": (mutate(lambda r: r["training"].update(fork_interval=0)), r":\d+: training.fork_interval: must be a whole number"),
+    "config check of a combination": (mutate(lambda r: r["training"].update(branch_checkpoint="best")), r"training.branch_eval_steps: with branch_checkpoint='best'"),
+    "config check of a TrainingArguments field": (mutate(lambda r: r["training"].update(lr_scheduler_type="zigzag")), r":\d+: training.*zigzag"),
 }
 
 
