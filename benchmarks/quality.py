@@ -69,13 +69,15 @@ def available_recipe(setting: str, quick: bool):
     return recipe
 
 
-def run(recipe, data, method: str, seed: int) -> float:
+def run(recipe, data, method: str, seed: int) -> tuple[float, list[dict]]:
+    """Target test accuracy, and each merge's branch weights and validation score (none for the baselines)."""
     if method in VARIANTS:
         fields = {**method_overrides("forkmerge"), **VARIANTS[method][1](recipe.data["training"])}
     else:
         fields = method_overrides(method)
-    result = fit(recipe, data, **fields, seed=seed, output_dir=tempfile.mkdtemp())[1]
-    return result["metrics"]["accuracy"]
+    trainer, result = fit(recipe, data, **fields, seed=seed, output_dir=tempfile.mkdtemp())
+    merges = [{"step": m["step"], "weights": m["weights"], "score": m["score"]} for m in trainer.merge_history]
+    return result["metrics"]["accuracy"], merges
 
 
 def plot(results: dict, path: Path) -> None:
@@ -126,12 +128,18 @@ def main() -> None:
             continue
         data = build_data(recipe)
         scores = {method: [] for method in options.methods}
+        merges = {method: [] for method in options.methods if method.startswith("forkmerge")}  # per seed
         for seed in seeds:
             for method in options.methods:
-                scores[method].append(run(recipe, data, method, seed))
-                print(f"{setting} seed {seed} {LABELS[method]}: {scores[method][-1]:.4f}", flush=True)
+                accuracy, history = run(recipe, data, method, seed)
+                scores[method].append(accuracy)
+                if method in merges:
+                    merges[method].append(history)
+                print(f"{setting} seed {seed} {LABELS[method]}: {accuracy:.4f}", flush=True)
         steps = recipe.data["training"]["max_steps"]
-        results[setting] = {"target": recipe.target, "tasks": list(recipe.data["tasks"]), "steps": steps, "methods": scores}
+        results[setting] = {
+            "target": recipe.target, "tasks": list(recipe.data["tasks"]), "steps": steps, "methods": scores, "merges": merges
+        }
         write_results(results, options, len(seeds), time.perf_counter() - start)  # after each setting: partial results survive
 
 
