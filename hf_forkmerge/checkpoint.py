@@ -1,10 +1,10 @@
-"""ForkMerge's part of a Trainer checkpoint: every branch's optimizer state and the merge history.
+"""ForkMerge's part of a Trainer checkpoint: every branch's optimizer and random state, and the merge history.
 
 The Trainer writes the model, the live optimizer and scheduler, the RNG states and trainer_state.json into
 `checkpoint-N`; then this state is written, atomically and last, so that its JSON file marks the checkpoint
 complete: a run killed while saving leaves a checkpoint without it, which resuming skips. Checkpoints are taken
 right after a merge, when every branch holds the merged weights (the model saved by the Trainer) and the same
-scheduler position, so what differs between branches is their optimizer state.
+scheduler position, so what differs between branches is their optimizer and random state.
 """
 
 import glob

@@ -128,11 +128,14 @@ class ForkMergeTrainer(Trainer):
         return super().train(resume_from_checkpoint=self._resume_from, trial=trial, **kwargs)
 
     def fork(self) -> None:
-        """Every branch starts from the current weights, with fresh optimizer state and the schedule's start."""
+        """Every branch starts from the current weights and random state, with fresh optimizer state and the
+        schedule's start."""
         store_class = LoraBranches if self.args.branch_type == "lora" else FullWeightBranches
         self.store = store_class(self.model, len(self.branches), offload=self.args.offload_inactive_branches)
         self._optimizer_states = [None] * len(self.branches)
         self._scheduler_states = [self.lr_scheduler.state_dict() for _ in self.branches]
+        # Each branch draws its own random numbers (dropout): the target branch then takes STL's path exactly.
+        self._rng_states = [_rng_state() for _ in self.branches]
         self.active = self.groups.branch if self.groups else 0
         self._best_in_stretch: _ScoredState | None = None  # with branch_checkpoint="best"
         self._kept_steps = [0] * len(self.branches)  # the step of each branch's state that enters the next merge
@@ -234,6 +237,7 @@ class ForkMergeTrainer(Trainer):
         if self.args.offload_inactive_branches:
             _move_optimizer_state(optimizer.state, torch.device("cpu"))
         self._scheduler_states[branch] = self.lr_scheduler.state_dict()
+        self._rng_states[branch] = _rng_state()
 
     def _activate(self, branch: int) -> None:
         self.store.load(branch)
@@ -243,6 +247,7 @@ class ForkMergeTrainer(Trainer):
         if self.args.offload_inactive_branches:
             _move_optimizer_state(optimizer.state, self.args.device)
         self.lr_scheduler.load_state_dict(self._scheduler_states[branch])
+        _set_rng_state(self._rng_states[branch])
         for group, lr in zip(optimizer.param_groups, self.lr_scheduler.get_last_lr()):
             group["lr"] = lr
         self.active = branch
@@ -371,7 +376,10 @@ class ForkMergeTrainer(Trainer):
             "auxiliary_ranking": getattr(self, "auxiliary_ranking", None),
         }
         rule = self.gradient_rule.state_dict() if self.gradient_rule is not None else {}
-        save_state(checkpoint_dir, states, metadata, rule)
+        extra = {f"rule.{name}": tensor for name, tensor in rule.items()}
+        if self.groups is None and len(self.branches) > 1:  # with branch_parallel each process's own RNG is the branch's
+            extra |= {f"rng.{b}.{device}": t for b, state in enumerate(self._rng_states) for device, t in state.items()}
+        save_state(checkpoint_dir, states, metadata, extra)
 
     def _branch_optimizer_states(self) -> list[dict | None] | None:
         """Each branch's optimizer state as `optimizer.state_dict()["state"]`, on the main process (None: not
@@ -400,12 +408,16 @@ class ForkMergeTrainer(Trainer):
     def _restore_branch_state(self) -> None:
         """After the Trainer loaded the model, live optimizer and scheduler: give every branch its own moments."""
         optimizer = _unwrap_optimizer(self.optimizer)
-        states, rule = load_state(self._resume_from, optimizer)
+        states, extra = load_state(self._resume_from, optimizer)
         if len(self.branches) > 1:
             self._optimizer_states = states
             optimizer.state = states[self.active] if states[self.active] is not None else defaultdict(dict)
+        for name, tensor in extra.items():
+            if name.startswith("rng."):
+                _, branch, device = name.split(".")
+                self._rng_states[int(branch)][device] = tensor
         if self.gradient_rule is not None:
-            self.gradient_rule.load_state_dict(rule)
+            self.gradient_rule.load_state_dict({k.removeprefix("rule."): v for k, v in extra.items() if k.startswith("rule.")})
 
     def save_merged_model(self, output_dir: str | None = None) -> None:
         """Save a plain model with the LoRA adapter merged into the base weights (`merge_and_unload`)."""
@@ -695,6 +707,20 @@ def _tasks_in_one_call(module: torch.nn.Module):
             module.forward = per_task_forward
         else:
             del module.forward
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The generators a training step draws from (dropout): the CPU's and, on CUDA, the current device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -18,13 +18,14 @@ class SharedHeadModel(nn.Module):
     """A user model (not a MultiTaskModel): every task shares one linear classifier, so an auxiliary's labels act
     directly on the target's weights. Its forward takes the task name and returns a loss, as ForkMerge needs."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, dropout: float = 0.0):
         super().__init__()
         torch.manual_seed(seed)
         self.classifier = nn.Linear(FEATURES, 2)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, task, features, labels=None):
-        logits = self.classifier(features)
+        logits = self.classifier(self.dropout(features))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return {"loss": loss, "logits": logits}
 

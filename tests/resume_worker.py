@@ -72,7 +72,7 @@ def main(output_dir: str, mode: str) -> None:
         fork_interval=3,
         max_steps=9,
         per_device_train_batch_size=8,
-        learning_rate=0.01,
+        learning_rate=0.1,  # the joint branch then enters merges, so its own random state must survive a resume
         logging_steps=1,
         save_strategy="epoch",
         report_to=[],

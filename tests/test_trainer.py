@@ -58,12 +58,14 @@ def test_helpful_auxiliary_gets_weight_and_beats_stl(tmp_path):
     assert all(fm_loss < stl_loss for _, fm_loss, stl_loss in runs)
 
 
-def test_rejecting_every_joint_update_leaves_the_target_branch_on_stl_s_path(tmp_path, linear_data):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_rejecting_every_joint_update_leaves_the_target_branch_on_stl_s_path(tmp_path, linear_data, dropout):
     fields = dict(max_steps=20, learning_rate=0.02)
-    stl = run(tmp_path / "stl", linear_data, ["main", "harmful"], method="stl", **fields)
-    forkmerge = run(tmp_path / "fm", linear_data, ["main", "harmful"], **fields)
+    model = lambda: SharedHeadModel(dropout=dropout)  # noqa: E731
+    stl = run(tmp_path / "stl", linear_data, ["main", "harmful"], model=model(), method="stl", **fields)
+    forkmerge = run(tmp_path / "fm", linear_data, ["main", "harmful"], model=model(), **fields)
     assert all(merge["weights"] == [1.0, 0.0] for merge in forkmerge.merge_history)
-    # Same target data stream and the target branch's own optimizer state: bit for bit the STL run.
+    # Same target data stream, and the target branch's own optimizer and random state: bit for bit the STL run.
     for name, tensor in weights_of(stl.model).items():
         assert torch.equal(weights_of(forkmerge.model)[name], tensor)
 
