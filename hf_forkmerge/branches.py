@@ -19,7 +19,7 @@ class BranchStore(ABC):
     def __init__(self, model: nn.Module, num_branches: int, offload: bool = False):
         self.live = self.branch_tensors(model)
         self.device = torch.device("cpu") if offload else None
-        initial = self._copy(self.live)
+        initial = self.snapshot()
         self.slots = [initial] + [self._copy(initial) for _ in range(num_branches - 1)]
 
     @staticmethod

@@ -417,7 +417,8 @@ class ForkMergeTrainer(Trainer):
                 _, branch, device = name.split(".")
                 self._rng_states[int(branch)][device] = tensor
         if self.gradient_rule is not None:
-            self.gradient_rule.load_state_dict({k.removeprefix("rule."): v for k, v in extra.items() if k.startswith("rule.")})
+            rule = {name.removeprefix("rule."): tensor for name, tensor in extra.items() if name.startswith("rule.")}
+            self.gradient_rule.load_state_dict(rule)
 
     def save_merged_model(self, output_dir: str | None = None) -> None:
         """Save a plain model with the LoRA adapter merged into the base weights (`merge_and_unload`)."""
